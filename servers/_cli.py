@@ -1,0 +1,156 @@
+"""The command line both backends share: options, logging, stopping on a signal."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import signal
+import sys
+import threading
+from typing import Optional
+
+from ._http import BackendServer, access_log, host_port
+from ._request import Limits
+
+__all__ = [
+    "StopRequest",
+    "add_server_arguments",
+    "chosen_port",
+    "configure_logging",
+    "fail",
+    "limits_from",
+    "listening_line",
+    "serve_until_stopped",
+]
+
+_log = logging.getLogger(__name__)
+_LIFECYCLE_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+
+
+class StopRequest:
+    """Set by SIGTERM or SIGINT; the main thread waits on it while the server serves.
+
+    install() comes first in a main(), so a signal during start-up still ends cleanly.
+    """
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signal_name: Optional[str] = None
+
+    def install(self) -> "StopRequest":
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._received)
+        return self
+
+    def _received(self, signum: int, frame) -> None:  # noqa: ANN001
+        self.signal_name = signal.Signals(signum).name
+        self.event.set()
+
+
+def serve_until_stopped(server: BackendServer, stop: StopRequest) -> int:
+    """Serve until a stop signal, then stop the server; exit status 0."""
+    server.start()
+    stop.event.wait()
+    _log.info("stopping on %s", stop.signal_name)
+    server.stop()
+    return 0
+
+
+def add_server_arguments(parser: argparse.ArgumentParser, default_port: int) -> None:
+    """The options both servers take: address, port, limits, verbosity."""
+    parser.add_argument(
+        "-l", "--listen", default="0.0.0.0", metavar="ADDRESS",
+        help="address to listen on (default 0.0.0.0; '::' for IPv6)",
+    )
+    parser.add_argument(
+        "-p", "--port", type=_port, metavar="PORT",
+        help=f"port to listen on (default {default_port}; 0 picks a free one)",
+    )
+    parser.add_argument(
+        "positional_port", nargs="?", type=_port, metavar="PORT",
+        help="the port, given without -p",
+    )
+    parser.add_argument(
+        "--max-body", type=_byte_count, default=Limits.max_body, metavar="BYTES",
+        help="largest request body accepted (default 16 MiB)",
+    )
+    parser.add_argument(
+        "--idle-timeout", type=_seconds, default=Limits.idle_timeout, metavar="SECONDS",
+        help="close a connection that sends nothing this long (default 30)",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true",
+        help="also log, at debug level, connections that end without a request",
+    )
+
+
+def chosen_port(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, default: int
+) -> int:
+    """-p PORT or the bare PORT (they must agree when both are given), else default."""
+    given = [port for port in (args.port, args.positional_port) if port is not None]
+    if len(set(given)) > 1:
+        parser.error(f"-p {args.port} and PORT {args.positional_port} disagree")
+    return given[0] if given else default
+
+
+def limits_from(args: argparse.Namespace) -> Limits:
+    return Limits(max_body=args.max_body, idle_timeout=args.idle_timeout)
+
+
+def configure_logging(verbose: bool) -> None:
+    """Lifecycle lines with time and logger name, access-log lines bare, on stderr."""
+    lifecycle = logging.StreamHandler(sys.stderr)
+    lifecycle.setFormatter(logging.Formatter(_LIFECYCLE_FORMAT))
+    package = logging.getLogger("servers")
+    package.addHandler(lifecycle)
+    package.setLevel(logging.DEBUG if verbose else logging.INFO)
+    bare = logging.StreamHandler(sys.stderr)
+    bare.setFormatter(logging.Formatter("%(message)s"))
+    access_log.addHandler(bare)
+    access_log.setLevel(logging.INFO)
+    access_log.propagate = False
+
+
+def fail(prog: str, message: str) -> int:
+    """Print a one-message error the way argparse does; returns exit status 2."""
+    sys.stderr.write(f"{prog}: error: {message}\n")
+    return 2
+
+
+def listening_line(server: BackendServer) -> str:
+    """The start of the first log line: the bound address and port, and the limits."""
+    limits = server.limits
+    return (
+        f"listening on {host_port(server.listen_address, server.port)} "
+        f"(max body {limits.max_body} bytes, idle timeout {limits.idle_timeout:g} s)"
+    )
+
+
+def _port(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) > 65535:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a port; accepted: 0 to 65535"
+        )
+    return int(text)
+
+
+def _byte_count(text: str) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a byte count; accepted: a whole number, 0 or more"
+        )
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a timeout; accepted: a number of seconds above 0"
+        )
+    return value
