@@ -1,0 +1,1 @@
+"""The local target: a data plane on loopback that serves the listeners moto only describes."""

@@ -1,0 +1,202 @@
+"""TLS for the data plane: per-certificate contexts as the listener's policy says, ALPN, alerts."""
+
+import logging
+import os
+import re
+import ssl
+import tempfile
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import _ssl
+
+from infra.policies import SecurityPolicy, backend_policy, configure_context
+
+from .certificates import ServedCertificate, select_certificate
+
+__all__ = [
+    "ALPN_POLICIES",
+    "IDLE_TIMEOUT_SECONDS",
+    "ListenerTls",
+    "NoServableCertificate",
+    "UnknownAlpnPolicyError",
+    "alert_number",
+    "alpn_protocols",
+    "backend_context",
+    "server_context",
+]
+
+logger = logging.getLogger(__name__)
+
+# A TLS listener's idle timeout is fixed at 350 s on the NLB.
+IDLE_TIMEOUT_SECONDS = 350.0
+
+# AlpnPolicy values and the protocols each offers, in the NLB's preference order.
+ALPN_POLICIES: dict[str, tuple[str, ...]] = {
+    "None": (),
+    "HTTP1Only": ("http/1.1", "http/1.0"),
+    "HTTP2Only": ("h2",),
+    "HTTP2Optional": ("http/1.1", "http/1.0", "h2"),
+    "HTTP2Preferred": ("h2", "http/1.1", "http/1.0"),
+}
+
+# OpenSSL reports a received alert as reason code 1000 + the alert's number (SSL_AD_REASON_OFFSET).
+_ALERT_REASON_OFFSET = 1000
+_ALERT_REASONS = {
+    name: code - _ALERT_REASON_OFFSET
+    for name, (library, code) in _ssl.err_names_to_codes.items()
+    if _ALERT_REASON_OFFSET <= code < _ALERT_REASON_OFFSET + 256
+}
+_ALERT_TEXT = re.compile(r"(?:sslv3|tlsv1|tlsv13) alert ([a-z ]+)")
+
+
+class UnknownAlpnPolicyError(ValueError):
+    """An AlpnPolicy value the NLB does not know."""
+
+
+class NoServableCertificate(Exception):
+    """The certificate a connection would be served has no known private key, or is gone."""
+
+
+def alpn_protocols(alpn_policy: Optional[str]) -> tuple[str, ...]:
+    """The protocols a listener's AlpnPolicy offers; raises UnknownAlpnPolicyError."""
+    try:
+        return ALPN_POLICIES[alpn_policy or "None"]
+    except KeyError:
+        raise UnknownAlpnPolicyError(
+            f"unknown AlpnPolicy {alpn_policy!r}; accepted: {', '.join(ALPN_POLICIES)}"
+        ) from None
+
+
+def alert_number(error: ssl.SSLError) -> Optional[int]:
+    """The TLS alert number the peer sent, when `error` reports a received alert."""
+    reason = getattr(error, "reason", None)
+    if reason in _ALERT_REASONS:
+        return _ALERT_REASONS[reason]
+    # Python's table is fixed at build time; newer alerts show only in OpenSSL's text, e.g.
+    # "tlsv1 alert no application protocol".
+    match = _ALERT_TEXT.search(str(error))
+    if match is None:
+        return None
+    name = "ALERT_DESCRIPTION_" + match.group(1).strip().upper().replace(" ", "_")
+    member = ssl.AlertDescription.__members__.get(name)
+    return member.value if member is not None else None
+
+
+# TLS 1.2-and-older suites authenticated by an ECDSA key, by IANA code (RFC 4492, 5289, 7905).
+_ECDSA_SUITES = frozenset({0xC009, 0xC00A, 0xC023, 0xC024, 0xC02B, 0xC02C, 0xCCA9})
+_TLS13 = 0x0304
+
+
+def _key_algorithms_offered(hello, policy: SecurityPolicy):
+    """Which key algorithms a ClientHello can be served with under `policy`."""
+    tls13 = "TLSv1.3" in policy.protocols and hello.max_version >= _TLS13
+    suites = set(hello.cipher_suites)
+    ecdsa = tls13 or bool(suites & _ECDSA_SUITES)
+    # Any other suite of the policies (ECDHE-RSA-*, AES*) is authenticated by an RSA key.
+    rsa = tls13 or bool(suites - _ECDSA_SUITES)
+
+    def accepts(key_algorithm: str) -> bool:
+        return ecdsa if key_algorithm == "EC" else rsa
+
+    return accepts
+
+
+def _load_chain(context: ssl.SSLContext, cert: ServedCertificate) -> None:
+    # ssl can only load a chain and key from files: write them to a private temporary
+    # directory (0700, the key 0600) and remove them at once.
+    with tempfile.TemporaryDirectory(prefix="nlb-sandbox-") as directory:
+        chain_path = os.path.join(directory, "chain.pem")
+        key_path = os.path.join(directory, "key.pem")
+        with open(chain_path, "wb") as chain_file:
+            chain_file.write(cert.leaf_pem.rstrip(b"\n") + b"\n" + cert.chain_pem)
+        descriptor = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as key_file:
+            key_file.write(cert.key_pem)
+        context.load_cert_chain(chain_path, key_path)
+
+
+def server_context(
+    policy: SecurityPolicy, cert: ServedCertificate, alpn: Sequence[str]
+) -> ssl.SSLContext:
+    """A server context serving `cert` with exactly the policy's protocols and ciphers."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    configure_context(context, policy, server=True)
+    # TLS listeners support no renegotiation; tickets stay on as on the NLB.
+    context.options |= ssl.OP_NO_RENEGOTIATION
+    _load_chain(context, cert)
+    if alpn:
+        context.set_alpn_protocols(list(alpn))
+    return context
+
+
+def backend_context(listener_policy: SecurityPolicy) -> ssl.SSLContext:
+    """The client context for the NLB-to-target leg; the NLB does not verify targets."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    configure_context(context, backend_policy(listener_policy), server=False)
+    return context
+
+
+@dataclass(frozen=True)
+class ListenerTls:
+    """What a TLS listener serves: its policy, ALPN list and one context per certificate.
+
+    `unservable` maps certificate ARNs that cannot be served (no private key known, or gone
+    from ACM) to the reason. A listed certificate that cannot be served is left out of the
+    SNI choice; when the default cannot be served the listener refuses every connection.
+    """
+
+    policy: SecurityPolicy
+    alpn: tuple[str, ...]
+    default: Optional[ServedCertificate]
+    listed: tuple[ServedCertificate, ...]
+    contexts: dict = field(default_factory=dict, compare=False)
+    unservable: dict = field(default_factory=dict)
+    default_arn: str = ""
+
+    @classmethod
+    def build(
+        cls,
+        policy: SecurityPolicy,
+        alpn: Sequence[str],
+        default_arn: str,
+        certificates: dict,
+        problems: dict,
+    ) -> "ListenerTls":
+        """Contexts for every servable certificate of `certificates` (ARN -> certificate).
+
+        `problems` maps ARNs that could not be loaded to the reason.
+        """
+        unservable = dict(problems)
+        contexts = {}
+        for arn, cert in certificates.items():
+            if not cert.has_key:
+                unservable[arn] = f"no private key is known for certificate {arn}"
+                continue
+            contexts[arn] = server_context(policy, cert, alpn)
+        listed = tuple(
+            cert for arn, cert in certificates.items() if arn != default_arn and arn in contexts
+        )
+        return cls(
+            policy=policy,
+            alpn=tuple(alpn),
+            default=certificates.get(default_arn),
+            listed=listed,
+            contexts=contexts,
+            unservable=unservable,
+            default_arn=default_arn,
+        )
+
+    def choose(self, hello) -> tuple[str, ssl.SSLContext]:
+        """The certificate ARN and context for a parsed ClientHello (its SNI and offer).
+
+        Raises NoServableCertificate when the chosen certificate cannot be served.
+        """
+        if self.default is None or self.default.arn not in self.contexts:
+            reason = self.unservable.get(self.default_arn, f"{self.default_arn} not loaded")
+            raise NoServableCertificate(reason)
+        accepts = _key_algorithms_offered(hello, self.policy)
+        chosen = select_certificate(hello.server_name, self.default, self.listed, accepts)
+        return chosen.arn, self.contexts[chosen.arn]

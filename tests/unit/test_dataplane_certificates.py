@@ -1,0 +1,246 @@
+"""The data plane's certificate choice by SNI, its TLS contexts, and what it reads from ACM."""
+
+import datetime
+import ssl
+from types import SimpleNamespace
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+from fixtures.moto import moto_backends  # noqa: F401  (module-scoped mock_aws)
+from infra import certs
+from infra.policies import get_policy
+from infra.sandbox.certificates import (
+    CertificateGone,
+    CertificateSource,
+    certificate_from_pem,
+    matches_name,
+    select_certificate,
+    split_pem,
+    strip_appended,
+)
+from infra.sandbox.tls import ListenerTls, NoServableCertificate, alert_number, alpn_protocols
+
+pytestmark = pytest.mark.unit
+
+_NOW = datetime.datetime.now(datetime.timezone.utc)
+
+
+_KEYS: dict = {}
+
+
+def _private_key(key: str, bits: int):
+    # One key per type and size for the whole module: RSA generation dominates its run time,
+    # and the choice rules look at the certificate, not at which key it carries.
+    if (key, bits) not in _KEYS:
+        _KEYS[key, bits] = (
+            rsa.generate_private_key(65537, bits) if key == "RSA"
+            else ec.generate_private_key({256: ec.SECP256R1(), 384: ec.SECP384R1()}[bits])
+        )
+    return _KEYS[key, bits]
+
+
+def _served(arn, names, *, key="RSA", bits=2048, digest=hashes.SHA256, days=30, with_key=True):
+    """A self-signed certificate for `names` with the given key, signature hash and life."""
+    private = _private_key(key, bits)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject).issuer_name(subject).public_key(private.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(_NOW - datetime.timedelta(days=1))
+        .not_valid_after(_NOW + datetime.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), False)
+        .sign(private, digest())
+    )
+    key_pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return certificate_from_pem(arn, cert.public_bytes(serialization.Encoding.PEM), b"",
+                                key_pem if with_key else None)
+
+
+@pytest.fixture(scope="module")
+def default():
+    return _served("arn:default", ["default.test"])
+
+
+@pytest.mark.parametrize("server_name, pattern, expected", [
+    ("a.example.test", "*.example.test", True),
+    ("A.Example.Test.", "*.example.test", True),
+    ("example.test", "*.example.test", False),
+    ("a.b.example.test", "*.example.test", False),
+    ("example.test", "example.test", True),
+    ("other.test", "example.test", False),
+])
+def test_wildcard_covers_exactly_one_label(server_name, pattern, expected):
+    assert matches_name(server_name, pattern) is expected, (
+        f"{pattern} covering {server_name}: expected {expected}"
+    )
+
+
+def test_no_sni_or_unmatched_name_gets_the_default(default):
+    listed = [_served("arn:other", ["other.test"])]
+    for name in (None, "", "nothing.test"):
+        chosen = select_certificate(name, default, listed)
+        assert chosen.arn == "arn:default", f"SNI {name!r}: expected the default, got {chosen.arn}"
+
+
+def test_sni_match_in_the_list_is_served(default):
+    listed = [_served("arn:other", ["other.test"]), _served("arn:wild", ["*.wild.test"])]
+    assert select_certificate("other.test", default, listed).arn == "arn:other"
+    assert select_certificate("x.wild.test", default, listed).arn == "arn:wild"
+
+
+def test_among_matches_ecdsa_beats_rsa(default):
+    listed = [_served("arn:rsa", ["both.test"], bits=3072, digest=hashes.SHA512),
+              _served("arn:ec", ["both.test"], key="EC", bits=256)]
+    chosen = select_certificate("both.test", default, listed)
+    assert chosen.arn == "arn:ec", f"expected the ECDSA certificate, got {chosen.arn}"
+
+
+def test_among_matches_stronger_hash_then_longer_key_then_validity(default):
+    by_hash = [_served("arn:256", ["h.test"], bits=3072), _served("arn:384", ["h.test"],
+                                                                  digest=hashes.SHA384)]
+    assert select_certificate("h.test", default, by_hash).arn == "arn:384"
+    by_key = [_served("arn:2048", ["k.test"]), _served("arn:3072", ["k.test"], bits=3072)]
+    assert select_certificate("k.test", default, by_key).arn == "arn:3072"
+    by_life = [_served("arn:short", ["v.test"], days=10), _served("arn:long", ["v.test"], days=90)]
+    assert select_certificate("v.test", default, by_life).arn == "arn:long"
+
+
+def test_a_client_that_cannot_use_ecdsa_gets_the_rsa_match(default):
+    listed = [_served("arn:rsa", ["both.test"]), _served("arn:ec", ["both.test"], key="EC",
+                                                          bits=256)]
+    chosen = select_certificate("both.test", default, listed, lambda algorithm: algorithm == "RSA")
+    assert chosen.arn == "arn:rsa", f"expected the RSA certificate, got {chosen.arn}"
+
+
+def test_equal_matches_keep_the_default():
+    first = _served("arn:default", ["same.test"])
+    second = _served("arn:second", ["same.test"])
+    assert select_certificate("same.test", first, [second]).arn == "arn:default"
+
+
+def _hello(server_name, suites=(0x1301, 0xC02F), max_version=0x0304):
+    return SimpleNamespace(server_name=server_name, cipher_suites=suites, max_version=max_version)
+
+
+def test_listener_without_key_for_default_refuses(default):
+    keyless = _served("arn:keyless", ["default.test"], with_key=False)
+    tls = ListenerTls.build(get_policy("ELBSecurityPolicy-2016-08"), (), "arn:keyless",
+                            {"arn:keyless": keyless}, {})
+    with pytest.raises(NoServableCertificate, match="no private key"):
+        tls.choose(_hello(None))
+
+
+def test_listed_certificate_without_key_is_left_out(default):
+    keyless = _served("arn:keyless", ["sni.test"], with_key=False)
+    tls = ListenerTls.build(get_policy("ELBSecurityPolicy-2016-08"), (), "arn:default",
+                            {"arn:default": default, "arn:keyless": keyless}, {})
+    arn, context = tls.choose(_hello("sni.test"))
+    assert arn == "arn:default", f"expected the default instead of the keyless match, got {arn}"
+    assert isinstance(context, ssl.SSLContext)
+    assert "arn:keyless" in tls.unservable
+
+
+def test_rsa_only_tls12_offer_skips_the_ecdsa_match(default):
+    ecdsa = _served("arn:ec", ["both.test"], key="EC", bits=256)
+    rsa_cert = _served("arn:rsa", ["both.test"])
+    tls = ListenerTls.build(get_policy("ELBSecurityPolicy-TLS13-1-2-2021-06"), (), "arn:default",
+                            {"arn:default": default, "arn:ec": ecdsa, "arn:rsa": rsa_cert}, {})
+    assert tls.choose(_hello("both.test"))[0] == "arn:ec"
+    rsa_only = _hello("both.test", suites=(0xC02F, 0x009C), max_version=0x0303)
+    assert tls.choose(rsa_only)[0] == "arn:rsa"
+
+
+def test_alpn_policies_offer_the_nlb_lists():
+    assert alpn_protocols(None) == ()
+    assert alpn_protocols("HTTP2Preferred") == ("h2", "http/1.1", "http/1.0")
+    assert alpn_protocols("HTTP2Optional") == ("http/1.1", "http/1.0", "h2")
+    with pytest.raises(ValueError, match="HTTP2Only"):
+        alpn_protocols("HTTP3")
+
+
+def _memory_handshake(server_context, client_context):
+    """Run a handshake over memory BIOs; returns the server's SSLError, or None."""
+    s_in, s_out, c_in, c_out = (ssl.MemoryBIO() for _ in range(4))
+    server = server_context.wrap_bio(s_in, s_out, server_side=True)
+    client = client_context.wrap_bio(c_in, c_out, server_hostname="default.test")
+    for _ in range(6):
+        for side in (client, server):
+            try:
+                side.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLError as error:
+                if side is server:
+                    return error
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+    return None
+
+
+def test_alert_number_reads_the_alert_the_client_sent(default, tmp_path):
+    tls = ListenerTls.build(get_policy("ELBSecurityPolicy-2016-08"), (), "arn:default",
+                            {"arn:default": default}, {})
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    other = _served("arn:x", ["other.test"])
+    (tmp_path / "ca.pem").write_bytes(other.leaf_pem)
+    client.load_verify_locations(tmp_path / "ca.pem")  # not the server's issuer: unknown_ca
+    error = _memory_handshake(tls.contexts["arn:default"], client)
+    assert error is not None, "expected the server to see the client's alert"
+    assert alert_number(error) == 48, f"expected unknown_ca (48), got {alert_number(error)}"
+
+
+def test_strip_appended_removes_only_moto_ca():
+    from moto.acm.models import AWS_ROOT_CA
+
+    chain = certs.generate_chain(["chain.test"]).chain_pem
+    stripped = strip_appended(chain + b"\n" + AWS_ROOT_CA + b"\n", [AWS_ROOT_CA])
+    assert split_pem(stripped) == split_pem(chain), "expected exactly the imported chain back"
+
+
+def test_certificate_source_reads_imported_chain_and_key(moto_backends):
+    import boto3
+
+    acm = boto3.client("acm", region_name="eu-west-1")
+    chain = certs.generate_chain(["source.test"])
+    arn = acm.import_certificate(Certificate=chain.leaf_pem, PrivateKey=chain.key_pem,
+                                 CertificateChain=chain.chain_pem)["CertificateArn"]
+    source = CertificateSource(acm, "123456789012", "eu-west-1", lambda pem: None)
+    served = source.load(arn)
+    assert split_pem(served.chain_pem) == split_pem(chain.chain_pem), (
+        "expected the chain as imported, without moto's Amazon CA"
+    )
+    assert served.key_pem == chain.key_pem and served.dns_names == ("source.test",)
+    acm.delete_certificate(CertificateArn=arn)
+    with pytest.raises(CertificateGone, match=arn):
+        source.load(arn)
+
+
+def test_without_moto_in_process_the_key_comes_from_the_keystore(moto_backends, monkeypatch,
+                                                                  tmp_path):
+    import boto3
+
+    from infra.keystore import KeyStore
+    from infra.sandbox import certificates as module
+
+    monkeypatch.setattr(module, "_moto_bundle", lambda account, region, arn: None)
+    acm = boto3.client("acm", region_name="eu-west-1")
+    chain = certs.generate_chain(["keystore.test"])
+    arn = acm.import_certificate(Certificate=chain.leaf_pem, PrivateKey=chain.key_pem,
+                                 CertificateChain=chain.chain_pem)["CertificateArn"]
+    store = KeyStore(tmp_path / "keys")
+    source = CertificateSource(acm, "123456789012", "eu-west-1", store.key_for_certificate)
+    assert not source.load(arn).has_key, "expected no key before the keystore holds it"
+    store.put(chain.key_pem)
+    served = source.load(arn)
+    assert served.key_pem == chain.key_pem, "expected the key found by public-key fingerprint"
+    assert split_pem(served.chain_pem) == split_pem(chain.chain_pem), (
+        "expected get_certificate's chain without moto's Amazon CA"
+    )
