@@ -1,0 +1,304 @@
+"""Tear a stack down from its ledger: reverse order, idempotent steps, a report of what is left."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from botocore.exceptions import ClientError
+
+from infra.aws import Clients
+from infra.stack import TAG_KEEP
+from infra.state import read_state, write_state
+
+__all__ = ["teardown", "down", "TeardownReport", "Leftover", "TeardownSettings"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """A resource teardown could not remove, and why."""
+
+    type: str
+    id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class TeardownReport:
+    """What teardown removed (or found already gone), kept on request, and could not remove."""
+
+    removed: tuple[dict, ...]
+    kept: tuple[dict, ...]
+    left: tuple[Leftover, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.left
+
+    def describe(self) -> str:
+        lines = [f"removed {len(self.removed)}, kept {len(self.kept)}, left {len(self.left)}"]
+        lines += [f"kept {r['type']} {r['id']}" for r in self.kept]
+        lines += [f"LEFT {x.type} {x.id}: {x.reason}" for x in self.left]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class TeardownSettings:
+    """Deadlines of the retried steps and of the waits for deletion, in seconds."""
+
+    retry_deadline_s: float = 600.0
+    wait_deadline_s: float = 600.0
+    poll_s: float = 5.0
+
+
+class _Transient(Exception):
+    """Raised inside a step to ask for another try (a deletion not finished yet)."""
+
+
+# Errors that clear by themselves: throttling everywhere; DependencyViolation while network
+# interfaces of a deleted load balancer drain; ResourceInUseException on a certificate that
+# ACM still sees attached for a while after its listener is gone.
+_TRANSIENT = {
+    "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException",
+    "SlowDown", "DependencyViolation", "ResourceInUseException", "ResourceInUse",
+}
+_NOT_FOUND = {
+    "LoadBalancerNotFound", "ListenerNotFound", "TargetGroupNotFound",
+    "ResourceNotFoundException", "NoSuchBucket", "InvalidVpcID.NotFound",
+    "InvalidSubnetID.NotFound", "InvalidGroup.NotFound", "InvalidInternetGatewayID.NotFound",
+    "InvalidRouteTableID.NotFound", "InvalidAssociationID.NotFound",
+    "InvalidInstanceID.NotFound", "Gateway.NotAttached",
+}
+
+
+def _code(error: ClientError) -> str:
+    return error.response.get("Error", {}).get("Code", "")
+
+
+class _Teardown:
+    def __init__(self, clients: Clients, settings: TeardownSettings, keep_logs: bool,
+                 compute=None, sleep: Callable[[float], None] = time.sleep):
+        self.clients = clients
+        self.settings = settings
+        self.keep_logs = keep_logs
+        self.compute = compute
+        self.sleep = sleep
+
+    def remove(self, resource: dict) -> str:
+        """Remove RESOURCE; returns `removed` or `kept`; raises when it cannot."""
+        kind = resource["type"]
+        if kind == "s3-bucket" and self.keep_logs:
+            self._keep_bucket(resource["id"])
+            return "kept"
+        handler = _HANDLERS.get(kind)
+        if handler is None:
+            if self.compute is not None and self.compute.delete(resource, self.clients):
+                return "removed"
+            raise RuntimeError(f"unknown resource type {kind!r}: remove it by hand")
+        self._retrying(f"{kind} {resource['id']}", lambda: handler(self, resource))
+        return "removed"
+
+    def _retrying(self, what: str, action: Callable[[], None]) -> None:
+        deadline = time.monotonic() + self.settings.retry_deadline_s
+        delay, last_report = 1.0, 0.0
+        while True:
+            try:
+                action()
+                return
+            except ClientError as error:
+                if _code(error) in _NOT_FOUND:
+                    return
+                if _code(error) not in _TRANSIENT or time.monotonic() >= deadline:
+                    raise
+                reason = f"{_code(error)}: {error.response['Error'].get('Message', '')}"
+            except _Transient as pending:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"{what}: {pending} after "
+                                       f"{self.settings.retry_deadline_s:.0f} s") from None
+                reason = str(pending)
+            remaining = deadline - time.monotonic()
+            if time.monotonic() - last_report >= 15.0:
+                log.info("removing %s: %s; retrying, %.0f s left", what, reason, remaining)
+                last_report = time.monotonic()
+            self.sleep(max(0.0, min(delay, remaining)))
+            delay = min(delay * 2, self.settings.poll_s * 3)
+
+    # elbv2
+    def listener(self, resource: dict) -> None:
+        self.clients.elbv2.delete_listener(ListenerArn=resource["id"])
+
+    def load_balancer(self, resource: dict) -> None:
+        elbv2 = self.clients.elbv2
+        try:
+            elbv2.delete_load_balancer(LoadBalancerArn=resource["id"])
+            elbv2.describe_load_balancers(LoadBalancerArns=[resource["id"]])
+        except ClientError as error:
+            if _code(error) == "LoadBalancerNotFound":
+                return
+            raise
+        # Deletion is asynchronous on AWS; its network interfaces go only after this.
+        raise _Transient("load balancer still exists")
+
+    def target_group(self, resource: dict) -> None:
+        self.clients.elbv2.delete_target_group(TargetGroupArn=resource["id"])
+
+    # ec2
+    def instance(self, resource: dict) -> None:
+        ec2 = self.clients.ec2
+        if self._instance_state(resource["id"]) == "terminated":
+            return
+        ec2.terminate_instances(InstanceIds=[resource["id"]])
+        # Wait for `terminated`: until then the instance holds its network interface, and
+        # its security group and subnet cannot be deleted.
+        state = self._instance_state(resource["id"])
+        if state != "terminated":
+            raise _Transient(f"instance is {state}")
+
+    def _instance_state(self, instance_id: str) -> str:
+        answer = self.clients.ec2.describe_instances(InstanceIds=[instance_id])
+        states = [i["State"]["Name"] for r in answer["Reservations"] for i in r["Instances"]]
+        return states[0] if states else "terminated"
+
+    def security_group(self, resource: dict) -> None:
+        self.clients.ec2.delete_security_group(GroupId=resource["id"])
+
+    def route_table_association(self, resource: dict) -> None:
+        self.clients.ec2.disassociate_route_table(AssociationId=resource["id"])
+
+    def route_table(self, resource: dict) -> None:
+        self.clients.ec2.delete_route_table(RouteTableId=resource["id"])
+
+    def subnet(self, resource: dict) -> None:
+        self.clients.ec2.delete_subnet(SubnetId=resource["id"])
+
+    def gateway_attachment(self, resource: dict) -> None:
+        self.clients.ec2.detach_internet_gateway(InternetGatewayId=resource["id"],
+                                                 VpcId=resource["vpc_id"])
+
+    def gateway(self, resource: dict) -> None:
+        self.clients.ec2.delete_internet_gateway(InternetGatewayId=resource["id"])
+
+    def vpc(self, resource: dict) -> None:
+        self.clients.ec2.delete_vpc(VpcId=resource["id"])
+
+    # acm, s3, local files
+    def certificate(self, resource: dict) -> None:
+        self.clients.acm.delete_certificate(CertificateArn=resource["id"])
+
+    def bucket(self, resource: dict) -> None:
+        s3 = self.clients.s3
+        paginator = s3.get_paginator("list_object_versions")
+        for page in paginator.paginate(Bucket=resource["id"]):
+            # Every version and delete marker, or delete_bucket fails with BucketNotEmpty.
+            objects = [{"Key": o["Key"], "VersionId": o["VersionId"]}
+                       for o in page.get("Versions", []) + page.get("DeleteMarkers", [])]
+            for start in range(0, len(objects), 1000):
+                s3.delete_objects(Bucket=resource["id"],
+                                  Delete={"Objects": objects[start:start + 1000],
+                                          "Quiet": True})
+        s3.delete_bucket(Bucket=resource["id"])
+
+    def _keep_bucket(self, bucket: str) -> None:
+        s3 = self.clients.s3
+        try:
+            tags = s3.get_bucket_tagging(Bucket=bucket)["TagSet"]
+        except ClientError as error:
+            if _code(error) == "NoSuchBucket":
+                return
+            tags = []
+        tags = [t for t in tags if t["Key"] != TAG_KEEP] + [{"Key": TAG_KEEP, "Value": "true"}]
+        s3.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": tags})
+        log.info("kept log bucket %s (tagged %s=true, so the sweeper leaves it)", bucket,
+                 TAG_KEEP)
+
+    def directory(self, resource: dict) -> None:
+        # The run's generated certificates and private keys; only the recorded path is removed.
+        if os.path.isdir(resource["id"]):
+            shutil.rmtree(resource["id"])
+
+
+_HANDLERS = {
+    "elbv2-listener": _Teardown.listener,
+    "elbv2-load-balancer": _Teardown.load_balancer,
+    "elbv2-target-group": _Teardown.target_group,
+    "ec2-instance": _Teardown.instance,
+    "ec2-security-group": _Teardown.security_group,
+    "ec2-route-table-association": _Teardown.route_table_association,
+    "ec2-route-table": _Teardown.route_table,
+    "ec2-subnet": _Teardown.subnet,
+    "ec2-internet-gateway-attachment": _Teardown.gateway_attachment,
+    "ec2-internet-gateway": _Teardown.gateway,
+    "ec2-vpc": _Teardown.vpc,
+    "acm-certificate": _Teardown.certificate,
+    "s3-bucket": _Teardown.bucket,
+    "local-directory": _Teardown.directory,
+}
+
+
+def teardown(
+    state: dict,
+    clients: Clients | None = None,
+    *,
+    keep_logs: bool | None = None,
+    settings: TeardownSettings = TeardownSettings(),
+    compute=None,
+    state_path=None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> TeardownReport:
+    """Remove every resource in STATE's ledger, newest first; never raises for one resource.
+
+    A resource already gone counts as removed. Transient errors (throttling,
+    DependencyViolation, ResourceInUseException) are retried until `settings.retry_deadline_s`;
+    any other error leaves that resource in the report and teardown moves on. `keep_logs`
+    (default: the state's choice) keeps a created log bucket and its objects. `compute`
+    removes resource types of its own (see Compute.delete). With `state_path`, the state file
+    is rewritten after each step to list only what still exists, and removed when nothing is
+    left, so an interrupted teardown can simply be run again.
+    """
+    clients = clients or Clients.for_state(state)
+    keep = state.get("keep_logs", False) if keep_logs is None else keep_logs
+    worker = _Teardown(clients, settings, keep, compute, sleep)
+    remaining = list(state.get("resources", []))
+    removed, kept, left = [], [], []
+    for resource in reversed(state.get("resources", [])):
+        try:
+            outcome = worker.remove(resource)
+        except Exception as error:  # one failed step must not stop the others
+            log.warning("could not remove %s %s: %s", resource["type"], resource["id"], error)
+            left.append(Leftover(resource["type"], resource["id"], str(error)))
+            continue
+        (kept if outcome == "kept" else removed).append(resource)
+        log.info("%s %s %s", outcome, resource["type"], resource["id"])
+        remaining.remove(resource)
+        if state_path is not None:
+            write_state(state_path, {**state, "resources": remaining,
+                                     "status": "tearing-down"})
+    report = TeardownReport(tuple(removed), tuple(kept), tuple(left))
+    if state_path is not None:
+        _finish_state_file(Path(state_path), state, remaining, report)
+    return report
+
+
+def _finish_state_file(path: Path, state: dict, remaining: list, report) -> None:
+    if report.ok:
+        path.unlink(missing_ok=True)
+        log.info("teardown complete; removed state file %s", path)
+    else:
+        write_state(path, {**state, "resources": remaining, "status": "teardown-incomplete"})
+        log.warning("teardown left %d resources; state file %s lists them", len(remaining), path)
+
+
+def down(state_path, clients: Clients | None = None, *, keep_logs: bool | None = None,
+         settings: TeardownSettings = TeardownSettings()) -> TeardownReport:
+    """Tear down the stack of STATE_PATH; remove the file when nothing is left, else rewrite
+    it listing only what is left (so `down` can simply be run again)."""
+    state = read_state(state_path)
+    return teardown(state, clients, keep_logs=keep_logs, settings=settings,
+                    state_path=state_path)

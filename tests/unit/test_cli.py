@@ -1,0 +1,205 @@
+"""`python -m infra up | down | sweep`: against a moto server, signals, the account allow-list."""
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fixtures.moto import (  # noqa: F401  (fixtures)
+    FAKE_CREDENTIALS, REGION, clients, inventory, module_clients, moto_backends, moto_server,
+    tagged_resources,
+)
+from infra.aws import ALLOWED_ACCOUNTS_ENV, Clients
+from infra.cli import STEP_DELAY_ENV, add_stack_options, main, parse_duration, stack_from_args
+from infra.stack import Certificate, Stack
+from infra.state import read_state, write_state
+
+pytestmark = pytest.mark.unit
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+
+
+def _environment(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(FAKE_CREDENTIALS, AWS_CONFIG_FILE="/dev/null",
+               AWS_SHARED_CREDENTIALS_FILE="/dev/null", **extra)
+    env.pop(ALLOWED_ACCOUNTS_ENV, None)
+    return env
+
+
+def _infra(*arguments, env=None, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "infra", *arguments], cwd=REPOSITORY,
+                          env=env or _environment(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.parametrize("text, seconds", [("6h", 21600), ("90m", 5400), ("30s", 30),
+                                           ("2d", 172800), ("45", 45), ("1.5h", 5400)])
+def test_durations_parse_to_seconds(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+def test_a_bad_duration_names_the_value():
+    with pytest.raises(argparse.ArgumentTypeError, match="'6 hours'.*6h"):
+        parse_duration("6 hours")
+
+
+def _parse_stack(*arguments) -> Stack:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--region")
+    add_stack_options(parser)
+    return stack_from_args(parser.parse_args(list(arguments)))
+
+
+def test_stack_options_map_onto_the_stack_description():
+    stack = _parse_stack(
+        "--region", "eu-central-1", "--ssl-policy", "ELBSecurityPolicy-TLS13-1-2-2021-06",
+        "--alpn-policy", "HTTP2Optional", "--domain", "a.test", "--key-type", "EC_secp384r1",
+        "--sni-domain", "b.test", "--log-prefix", "team/x", "--keep-logs",
+        "--client-cidr", "203.0.113.0/24", "--health-check-protocol", "HTTP")
+    assert (stack.region, stack.ssl_policy, stack.alpn_policy) == (
+        "eu-central-1", "ELBSecurityPolicy-TLS13-1-2-2021-06", "HTTP2Optional")
+    assert stack.certificate == Certificate(dns_names=("a.test",), key_type="EC_secp384r1")
+    assert [c.dns_names for c in stack.extra_certificates] == [("b.test",)]
+    assert (stack.access_logs.prefix, stack.access_logs.keep_logs, stack.access_logs.bucket) \
+        == ("team/x", True, None)
+    assert stack.network.client_cidr == "203.0.113.0/24"
+    assert [(g.protocol, g.health_check.protocol) for g in stack.target_groups] == [
+        ("TCP", "HTTP"), ("TLS", "HTTPS")]
+    existing = _parse_stack("--certificate-arn", "arn:aws:acm:eu-west-1:1:certificate/x")
+    assert existing.certificate == Certificate.existing("arn:aws:acm:eu-west-1:1:certificate/x")
+    defaults = _parse_stack("--region", "eu-west-1")
+    assert (defaults.listeners, defaults.certificate, defaults.access_logs) == (
+        Stack().listeners, Stack().certificate, Stack().access_logs)
+
+
+def test_up_against_aws_refuses_without_an_allow_list(clients, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv(ALLOWED_ACCOUNTS_ENV, raising=False)
+    before = inventory(clients)
+    # No --endpoint-url: the real-account path; moto in-process answers sts.
+    status = main(["up", "--state-file", str(tmp_path / "s.json"), "--region", REGION])
+    assert status == 2
+    assert "refusing to run against AWS account 123456789012" in capsys.readouterr().err
+    assert inventory(clients) == before and not (tmp_path / "s.json").exists()
+
+
+def test_up_refuses_an_account_not_on_the_list(clients, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(ALLOWED_ACCOUNTS_ENV, "111111111111,222222222222")
+    before = inventory(clients)
+    status = main(["up", "--state-file", str(tmp_path / "s.json"), "--region", REGION])
+    err = capsys.readouterr().err
+    assert status == 2 and "111111111111, 222222222222" in err, err
+    assert inventory(clients) == before
+
+
+def test_an_account_on_the_list_may_sweep(clients, monkeypatch, capsys):
+    monkeypatch.setenv(ALLOWED_ACCOUNTS_ENV, "123456789012")
+    assert main(["sweep", "--region", REGION]) == 0
+    assert main(["sweep", "--region", REGION, "--aws-account", "999999999999"]) == 2
+
+
+def test_up_then_down_against_a_moto_server(moto_server, tmp_path):
+    state_file = tmp_path / "s.json"
+    up = _infra("up", "--endpoint-url", moto_server, "--region", REGION,
+                "--state-file", str(state_file))
+    assert up.returncode == 0, up.stderr
+    state = read_state(state_file)
+    assert f"stack {state['name']}" in up.stdout and "python -m infra down" in up.stdout
+    assert state["endpoint_url"] == moto_server
+    remote = Clients(REGION, moto_server)
+    listeners = remote.elbv2.describe_listeners(
+        LoadBalancerArn=state["load_balancer"]["arn"])["Listeners"]
+    assert sorted((l["Port"], l["Protocol"], l["SslPolicy"]) for l in listeners) == [
+        (443, "TLS", "ELBSecurityPolicy-2016-08"), (9443, "TLS", "ELBSecurityPolicy-2016-08")]
+    policy = json.loads(remote.s3.get_bucket_policy(Bucket=state["access_logs"]["bucket"])[
+        "Policy"])
+    assert {s["Principal"]["Service"] for s in policy["Statement"]} == {
+        "delivery.logs.amazonaws.com"}
+
+    down = _infra("down", "--state-file", str(state_file))
+
+    assert down.returncode == 0, down.stderr
+    assert tagged_resources(remote, state["run_id"]) == []
+    assert not state_file.exists()
+
+
+def _wait_for_resource(state_file: Path, kind: str, process, timeout=60.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        try:
+            state = json.loads(state_file.read_text())
+        except (OSError, ValueError):
+            state = None
+        if state and any(r["type"] == kind for r in state["resources"]):
+            return state
+        time.sleep(0.05)
+    raise AssertionError(f"no {kind} in {state_file} after {timeout} s")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_up_tears_down_what_was_built(signum, moto_server, tmp_path):
+    state_file = tmp_path / "s.json"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "infra", "up", "--endpoint-url", moto_server, "--region",
+         REGION, "--state-file", str(state_file)],
+        cwd=REPOSITORY, env=_environment(**{STEP_DELAY_ENV: "0.2"}),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # Mid-build: the bucket and the certificate exist, the network does not yet.
+        state = _wait_for_resource(state_file, "acm-certificate", process)
+        process.send_signal(signum)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 128 + signum, err
+    assert f"interrupted by {signal.Signals(signum).name}" in err
+    assert tagged_resources(Clients(REGION, moto_server), state["run_id"]) == []
+    assert not state_file.exists()
+
+
+def test_down_exits_non_zero_and_keeps_the_state_file_when_something_is_left(moto_server,
+                                                                             tmp_path, capsys):
+    state_file = tmp_path / "s.json"
+    write_state(state_file, {"run_id": "leftover", "region": REGION,
+                             "endpoint_url": moto_server,
+                             "resources": [{"type": "mystery", "id": "m-1"}]})
+    assert main(["down", "--state-file", str(state_file)]) == 1
+    assert "LEFT mystery m-1" in capsys.readouterr().out
+    assert read_state(state_file)["resources"] == [{"type": "mystery", "id": "m-1"}]
+
+
+def test_sweep_lists_an_old_run_without_removing_it(moto_server, capsys):
+    remote = Clients(REGION, moto_server)
+    stack = Stack(created_at="2000-01-01T00:00:00Z")
+    vpc = remote.ec2.create_vpc(CidrBlock="10.77.0.0/16", TagSpecifications=[
+        {"ResourceType": "vpc", "Tags": stack.tag_list()}])["Vpc"]["VpcId"]
+    try:
+        status = main(["sweep", "--endpoint-url", moto_server, "--region", REGION,
+                       "--older-than", "6h"])
+        out = capsys.readouterr().out
+        assert status == 0
+        assert f"run {stack.run_id}" in out and f"ec2-vpc {vpc}" in out and "--yes" in out
+        assert tagged_resources(remote, stack.run_id) == [f"ec2-vpc {vpc}"]
+    finally:
+        remote.ec2.delete_vpc(VpcId=vpc)
+
+
+def test_up_refuses_a_state_file_of_another_run_and_leaves_it_alone(moto_server, tmp_path,
+                                                                    capsys):
+    state_file = tmp_path / "s.json"
+    other = {"run_id": "otherrun", "region": REGION, "endpoint_url": moto_server,
+             "resources": [{"type": "ec2-vpc", "id": "vpc-0123"}]}
+    write_state(state_file, other)
+    status = main(["up", "--endpoint-url", moto_server, "--region", REGION,
+                   "--state-file", str(state_file), "--ami-id", "ami-0123456789abcdef0"])
+    err = capsys.readouterr().err
+    assert status == 2 and "still lists 1 resources of run otherrun" in err, err
+    assert read_state(state_file) == other

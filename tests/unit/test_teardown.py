@@ -1,0 +1,308 @@
+"""Teardown from the ledger: reverse order, idempotent, retries only what is transient, and
+leaves nothing after a build that failed at any point."""
+
+import json
+import os
+import time
+
+import pytest
+
+from fixtures.moto import (  # noqa: F401  (fixtures)
+    REGION, FailCalls, clients, fail_nth_mutating_call, inventory,
+    is_mutating, module_clients, moto_backends, tagged_resources, test_chain_files,
+)
+from infra.compute import Compute
+from infra.network import Ec2Compute
+from infra.provision import build
+from infra.stack import TAG_KEEP, Certificate, Network, Stack
+from infra.state import read_state, run_directory, write_state
+from infra.sweep import find_runs
+from infra.teardown import TeardownSettings, down, teardown
+from infra.waits import Waits
+
+pytestmark = pytest.mark.unit
+
+FAST = Waits(poll_s=0.01)
+QUICK = TeardownSettings(retry_deadline_s=5.0, poll_s=0.01)
+
+
+def _stack(test_chain_files) -> Stack:
+    """The default stack, importing the session's chain and with the AMI given: generating a
+    chain and reading moto's public SSM parameters cost more than the rest of a build."""
+    files = test_chain_files
+    return Stack(certificate=Certificate.from_files(files.cert_file, files.key_file,
+                                                    files.chain_file, files.ca_bundle),
+                 network=Network(ami_id="ami-0123456789abcdef0"))
+
+
+def _build(tmp_path, test_chain_files, clients):
+    stack = _stack(test_chain_files)
+    state_path = tmp_path / "stack.json"
+    build(stack, clients, Ec2Compute(FAST), state_path, waits=FAST)
+    return stack, state_path
+
+
+def _state(resources, **fields):
+    return {"run_id": "test", "region": REGION, "endpoint_url": None, "resources": resources,
+            **fields}
+
+
+@pytest.fixture(scope="module")
+def recorded(module_clients, test_chain_files, tmp_path_factory):
+    """A built stack, the inventory from before it, and the names of the create and change
+    calls its build made, in order. Torn down by the test that uses it (or at the end)."""
+    clients, operations = module_clients, []
+    before = inventory(clients)
+    record = lambda model, **_: operations.append(model.name)  # noqa: E731
+    clients.register("before-call", record)
+    stack, state_path = _build(tmp_path_factory.mktemp("recorded"), test_chain_files, clients)
+    clients.unregister("before-call", record)
+    yield stack, state_path, [name for name in operations if is_mutating(name)], before
+    if state_path.exists():
+        down(state_path, clients, settings=QUICK)
+
+
+def test_teardown_removes_everything_and_a_second_run_finds_it_all_gone(recorded, clients):
+    stack, state_path, _, before = recorded
+    state = read_state(state_path)
+    assert tagged_resources(clients, stack.run_id), "the build should have tagged resources"
+
+    report = down(state_path, clients, settings=QUICK)
+
+    assert report.ok, report.describe()
+    assert len(report.removed) == len(state["resources"])
+    assert [r["id"] for r in report.removed] == [r["id"] for r in reversed(state["resources"])]
+    assert tagged_resources(clients, stack.run_id) == []
+    assert inventory(clients) == before, f"untagged leftovers: {inventory(clients) - before}"
+    assert not state_path.exists() and not run_directory(state_path).exists()
+    # The keystore copy of the key went with the run directory; the user's own file stays.
+    assert not os.path.exists(state["keystore"])
+    assert os.path.exists(state["certificate"]["key_file"])
+
+    again = teardown(state, clients, settings=QUICK)
+    assert again.ok, f"a second teardown must find everything gone: {again.describe()}"
+    assert len(again.removed) == len(state["resources"])
+
+
+def test_a_failed_step_does_not_stop_the_others(clients, tmp_path, test_chain_files):
+    before = inventory(clients)
+    stack, state_path = _build(tmp_path, test_chain_files, clients)
+    fault = FailCalls("DeleteTargetGroup", "AccessDenied")
+    clients.register("before-call", fault)
+
+    report = down(state_path, clients, settings=QUICK)
+
+    left = sorted((x.type, "AccessDenied" in x.reason) for x in report.left)
+    assert left == [("elbv2-target-group", True)] * 2, report.describe()
+    remaining = read_state(state_path)
+    assert [r["type"] for r in remaining["resources"]] == ["elbv2-target-group"] * 2
+    assert remaining["status"] == "teardown-incomplete"
+    kinds = {r["type"] for r in report.removed}
+    assert {"ec2-vpc", "elbv2-load-balancer", "acm-certificate", "s3-bucket"} <= kinds
+
+    clients.unregister("before-call", fault)
+    retried = down(state_path, clients, settings=QUICK)
+    assert retried.ok, retried.describe()
+    assert inventory(clients) == before and not state_path.exists()
+
+
+def test_bucket_with_versions_and_delete_markers_is_emptied_and_removed(clients):
+    bucket = f"versions-{os.urandom(4).hex()}"
+    s3 = clients.s3
+    s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    for body in (b"one", b"two"):
+        s3.put_object(Bucket=bucket, Key="AWSLogs/a.log.gz", Body=body)
+    s3.put_object(Bucket=bucket, Key="AWSLogs/b.log.gz", Body=b"three")
+    s3.delete_object(Bucket=bucket, Key="AWSLogs/b.log.gz")  # leaves a delete marker
+    listed = s3.list_object_versions(Bucket=bucket)
+    assert len(listed["Versions"]) == 3 and len(listed["DeleteMarkers"]) == 1
+
+    report = teardown(_state([{"type": "s3-bucket", "id": bucket}]), clients, settings=QUICK)
+
+    assert report.ok, report.describe()
+    names = {b["Name"] for b in s3.list_buckets()["Buckets"]}
+    assert bucket not in names
+
+
+def test_keep_logs_keeps_the_bucket_tagged_so_the_sweeper_leaves_it(clients):
+    bucket = f"kept-{os.urandom(4).hex()}"
+    stack = Stack()
+    clients.s3.create_bucket(Bucket=bucket,
+                             CreateBucketConfiguration={"LocationConstraint": REGION})
+    clients.s3.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": stack.tag_list()})
+    clients.s3.put_object(Bucket=bucket, Key="nlb-tls/AWSLogs/x.log.gz", Body=b"log")
+
+    report = teardown(_state([{"type": "s3-bucket", "id": bucket}], keep_logs=True), clients,
+                      settings=QUICK)
+
+    assert report.ok and [r["id"] for r in report.kept] == [bucket], report.describe()
+    tags = {t["Key"]: t["Value"] for t in clients.s3.get_bucket_tagging(Bucket=bucket)["TagSet"]}
+    assert tags[TAG_KEEP] == "true"
+    assert clients.s3.get_object(Bucket=bucket, Key="nlb-tls/AWSLogs/x.log.gz")["Body"].read() \
+        == b"log"
+    assert not [r for r in find_runs(clients) if r.run_id == stack.run_id], \
+        "the sweeper must not list a bucket kept on purpose"
+    teardown(_state([{"type": "s3-bucket", "id": bucket}]), clients, settings=QUICK)
+
+
+def _certificate(clients, test_chain_files) -> str:
+    return clients.acm.import_certificate(
+        Certificate=test_chain_files.cert_file.read_bytes(),
+        PrivateKey=test_chain_files.key_file.read_bytes())["CertificateArn"]
+
+
+def _security_group(clients) -> str:
+    vpc = clients.ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])
+    return clients.ec2.create_security_group(
+        GroupName=f"sg-{os.urandom(4).hex()}", Description="test",
+        VpcId=vpc["Vpcs"][0]["VpcId"])["GroupId"]
+
+
+@pytest.mark.parametrize("operation, code, make, kind", [
+    ("DeleteCertificate", "ResourceInUseException", _certificate, "acm-certificate"),
+    ("DeleteSecurityGroup", "DependencyViolation", _security_group, "ec2-security-group"),
+    ("DeleteSecurityGroup", "RequestLimitExceeded", _security_group, "ec2-security-group"),
+])
+def test_transient_errors_are_retried_until_they_clear(operation, code, make, kind, clients,
+                                                       test_chain_files):
+    resource = make(clients, test_chain_files) if make is _certificate else make(clients)
+    fault = FailCalls(operation, code, times=2)
+    clients.register("before-call", fault)
+    slept = []
+
+    report = teardown(_state([{"type": kind, "id": resource}]), clients, settings=QUICK,
+                      sleep=slept.append)
+
+    assert report.ok, report.describe()
+    assert fault.seen == 3, f"expected two failed tries and a third that worked; {fault.seen}"
+    assert len(slept) == 2
+
+
+def test_an_error_that_is_not_transient_is_not_retried(clients):
+    group = _security_group(clients)
+    fault = FailCalls("DeleteSecurityGroup", "UnauthorizedOperation")
+    clients.register("before-call", fault)
+
+    report = teardown(_state([{"type": "ec2-security-group", "id": group}]), clients,
+                      settings=QUICK, sleep=lambda s: pytest.fail("must not retry"))
+
+    assert [(x.type, x.id) for x in report.left] == [("ec2-security-group", group)]
+    assert "UnauthorizedOperation" in report.left[0].reason and fault.seen == 1
+    clients.unregister("before-call", fault)
+    clients.ec2.delete_security_group(GroupId=group)
+
+
+def test_a_transient_error_past_its_deadline_leaves_the_resource(clients, test_chain_files):
+    arn = _certificate(clients, test_chain_files)
+    fault = FailCalls("DeleteCertificate", "ResourceInUseException")
+    clients.register("before-call", fault)
+    started = time.monotonic()
+
+    report = teardown(_state([{"type": "acm-certificate", "id": arn}]), clients,
+                      settings=TeardownSettings(retry_deadline_s=0.3, poll_s=0.01))
+
+    assert 0.3 <= time.monotonic() - started < 3
+    assert [x.id for x in report.left] == [arn]
+    assert "ResourceInUseException" in report.left[0].reason
+    clients.unregister("before-call", fault)
+    clients.acm.delete_certificate(CertificateArn=arn)
+
+
+def test_unknown_resource_types_are_reported_and_a_compute_can_claim_them(clients, tmp_path):
+    class Processes(Compute):
+        target_type = "ip"
+        deleted = []
+
+        def create_targets(self, stack, clients, ledger):
+            raise AssertionError("not used")
+
+        def delete(self, resource, clients):
+            if resource["type"] != "local-backend-process":
+                return False
+            self.deleted.append(resource["id"])
+            return True
+
+    state_path = tmp_path / "s.json"
+    resources = [{"type": "local-backend-process", "id": "4242"},
+                 {"type": "mystery", "id": "m-1"}]
+    write_state(state_path, _state(resources))
+
+    report = teardown(read_state(state_path), clients, compute=Processes(),
+                      state_path=state_path)
+
+    assert Processes.deleted == ["4242"]
+    assert [(x.type, x.id) for x in report.left] == [("mystery", "m-1")]
+    assert "unknown resource type 'mystery'" in report.left[0].reason
+    assert json.loads(state_path.read_text())["resources"] == [resources[1]]
+
+
+class _Stop(Exception):
+    pass
+
+
+# Where to fail: (operation, which occurrence). One point inside each step, each leaving a
+# different partial stack: nothing yet, a bucket without its policy, certificate files
+# without the certificate, a gateway not attached, one subnet, one instance, one target
+# group with targets, no load balancer, a load balancer with one listener. The last step
+# (everything built) is failed through the step hook below.
+FAULTS = (
+    ("CreateBucket", 1), ("PutBucketPolicy", 1), ("ImportCertificate", 1),
+    ("AttachInternetGateway", 1), ("CreateSubnet", 2), ("RunInstances", 2),
+    ("RegisterTargets", 2), ("CreateLoadBalancer", 1), ("CreateListener", 2),
+)
+
+
+@pytest.fixture(scope="module")
+def fault_points(recorded) -> list[tuple[str, int]]:
+    """(operation, k) for each of FAULTS: k is that call's 1-based position among the create
+    and change calls of a real build (the `recorded` one)."""
+    operations = recorded[2]
+    points = []
+    for operation, occurrence in FAULTS:
+        positions = [k for k, name in enumerate(operations, start=1) if name == operation]
+        assert len(positions) >= occurrence, f"the build made {operation} {len(positions)} times"
+        points.append((operation, positions[occurrence - 1]))
+    return points
+
+
+def _assert_torn_down(state_path, clients, before):
+    report = teardown(read_state(state_path), clients, settings=QUICK, state_path=state_path)
+    assert report.ok, report.describe()
+    assert inventory(clients) == before, f"left: {inventory(clients) - before}"
+    assert not state_path.exists()
+
+
+def test_failure_inside_each_step_is_torn_down_completely(
+        fault_points, clients, tmp_path, test_chain_files):
+    """The k-th create or change call fails (at each point of FAULTS, from the log bucket to
+    the access-log attributes); teardown from the ledger then leaves nothing."""
+    before = inventory(clients)
+    current = {}
+    clients.register("before-call", lambda **kwargs: current["fault"](**kwargs))
+    for operation, k in fault_points:
+        current["fault"] = fail_nth_mutating_call(k)
+        state_path = tmp_path / f"s{k}.json"
+        with pytest.raises(Exception, match="InjectedFailure") as raised:
+            build(_stack(test_chain_files), clients, Ec2Compute(FAST), state_path, waits=FAST)
+        assert operation in str(raised.value), f"call {k}: expected {operation} to fail"
+        assert read_state(state_path)["status"] == "failed"
+        current["fault"] = lambda **_: None  # teardown and inventory run unhindered
+        _assert_torn_down(state_path, clients, before)
+
+
+def test_failure_in_the_last_step_is_torn_down_completely(clients, tmp_path,
+                                                         test_chain_files):
+    """The waits make no create call; the last one fails through the step hook instead,
+    with the whole stack built."""
+    before = inventory(clients)
+    state_path = tmp_path / "s.json"
+
+    def stop_at(name):
+        if name == "wait-targets":
+            raise _Stop(name)
+
+    with pytest.raises(_Stop):
+        build(_stack(test_chain_files), clients, Ec2Compute(FAST), state_path, waits=FAST,
+              on_step=stop_at)
+    _assert_torn_down(state_path, clients, before)
