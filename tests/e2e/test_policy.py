@@ -1,0 +1,18 @@
+"""Each TLS listener accepts exactly its security policy for its certificate's key type."""
+
+import pytest
+
+from fixtures.checks import check_policy_scan
+from fixtures.tls_probe import compare, scan
+
+pytestmark = pytest.mark.e2e
+
+
+def test_listener_accepts_exactly_the_policy_for_its_key_type(tls_listener, traffic):
+    # Both ways: nothing the policy forbids is accepted, nothing it allows is refused.
+    expectation = tls_listener.expectation
+    host, port = tls_listener.address
+    result = scan(host, port, tls_listener.server_name)
+    difference = compare(result, expectation.policy.policy,
+                         expectation.default_certificate.key_algorithm)
+    check_policy_scan(difference, expectation.policy, tls_listener.port)
