@@ -169,6 +169,9 @@ def tls_context() -> ssl.SSLContext:
         context.minimum_version = ssl.TLSVersion.TLSv1
         context.maximum_version = ssl.TLSVersion.MAXIMUM_SUPPORTED
     context.set_ciphers(CIPHERS)
+    # Honour the client's cipher order: the NLB's backend policy then decides what the
+    # NLB-to-target leg negotiates, which is what the suite checks through this server.
+    context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
     # A client offering only h2 gets no ALPN answer rather than a failed handshake.
     context.set_alpn_protocols(list(ALPN_PROTOCOLS))
     record_sni(context)
