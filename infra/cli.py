@@ -223,6 +223,9 @@ def _cmd_down(args) -> int:
     return 0 if report.ok else 1
 
 
+SWEEP_FOUND_STATUS = 3
+
+
 def _cmd_sweep(args) -> int:
     clients = Clients(args.region or _default_region(), args.endpoint_url)
     check_account(clients, allowed_accounts(args.aws_account))
@@ -240,7 +243,11 @@ def _cmd_sweep(args) -> int:
               f"{args.older_than / 3600:.1f} h: left alone")
     if not report.old:
         print(f"nothing older than {args.older_than / 3600:.1f} h in {clients.region}")
-    return 0 if report.ok else 1
+    if not report.ok:
+        return 1
+    # A nightly run sweeps right after a clean teardown: whatever it finds was leaked, which
+    # must turn the job red even when the sweep then removed it.
+    return SWEEP_FOUND_STATUS if args.fail_if_found and report.old else 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -263,6 +270,9 @@ def _parser() -> argparse.ArgumentParser:
     sweeper.add_argument("--older-than", type=parse_duration, default=DEFAULT_AGE_S,
                          help="age of runs to remove (default 6h)")
     sweeper.add_argument("--yes", action="store_true", help="remove; without it only list")
+    sweeper.add_argument("--fail-if-found", action="store_true",
+                         help=f"exit {SWEEP_FOUND_STATUS} when any run was found (after "
+                              "removing it with --yes); 1 still means something was left")
     sweeper.set_defaults(handler=_cmd_sweep)
     _register_plugins(commands)
     return parser

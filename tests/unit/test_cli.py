@@ -16,7 +16,9 @@ from fixtures.moto import (  # noqa: F401  (fixtures)
     tagged_resources,
 )
 from infra.aws import ALLOWED_ACCOUNTS_ENV, Clients
-from infra.cli import STEP_DELAY_ENV, add_stack_options, main, parse_duration, stack_from_args
+from infra.cli import (
+    STEP_DELAY_ENV, SWEEP_FOUND_STATUS, add_stack_options, main, parse_duration, stack_from_args,
+)
 from infra.stack import Certificate, Stack
 from infra.state import read_state, write_state
 
@@ -190,6 +192,20 @@ def test_sweep_lists_an_old_run_without_removing_it(moto_server, capsys):
         assert tagged_resources(remote, stack.run_id) == [f"ec2-vpc {vpc}"]
     finally:
         remote.ec2.delete_vpc(VpcId=vpc)
+
+
+def test_sweep_fails_if_found_even_after_removing_the_run(moto_server, capsys):
+    remote = Clients(REGION, moto_server)
+    stack = Stack(created_at="2000-01-01T00:00:00Z")
+    vpc = remote.ec2.create_vpc(CidrBlock="10.78.0.0/16", TagSpecifications=[
+        {"ResourceType": "vpc", "Tags": stack.tag_list()}])["Vpc"]["VpcId"]
+    sweep_args = ["sweep", "--endpoint-url", moto_server, "--region", REGION,
+                  "--older-than", "6h", "--yes", "--fail-if-found"]
+    status = main(sweep_args)
+    out = capsys.readouterr().out
+    assert status == SWEEP_FOUND_STATUS, f"expected {SWEEP_FOUND_STATUS}, got {status}: {out}"
+    assert tagged_resources(remote, stack.run_id) == [], f"{vpc} was not removed: {out}"
+    assert main(sweep_args) == 0, "a clean region must pass --fail-if-found"
 
 
 def test_up_refuses_a_state_file_of_another_run_and_leaves_it_alone(moto_server, tmp_path,
