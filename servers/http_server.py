@@ -4,7 +4,8 @@ It answers GET, HEAD and POST on any path with a generated page, never a file: H
 naming the server, its host name, its own address and the request path (and a POST's
 body), or, with `Accept: application/json`, a JSON document describing the request as
 the server saw it. servers/_page.py lists the document's fields, servers/_request.py
-the limits.
+the limits. One exception, for measuring throughput: GET /bytes/N answers N generated
+bytes (application/octet-stream, at most 1 GiB).
 
 In-process use (the local data plane)::
 

@@ -508,6 +508,52 @@ def test_paths_name_the_path_and_never_serve_a_file(server, path):
         assert first_line not in page, f"{path} served content of {file}:\n{page}"
 
 
+def test_bytes_path_answers_n_generated_bytes(server):
+    length = 3 * 256 * 1024 + 1000  # several blocks and a partial one
+    status, headers, body = get(server.port, f"/bytes/{length}?ignored=1")
+    expected = bytes(index % 256 for index in range(length))
+    assert status == 200, f"expected 200, got {status}: {body[:200]!r}"
+    assert headers["content-type"] == "application/octet-stream", headers
+    assert headers["content-length"] == str(length), headers
+    assert len(body) == length and body == expected, (
+        f"expected {length} bytes of the i % 256 pattern, got {len(body)} bytes "
+        f"starting {body[:16]!r}"
+    )
+
+
+def test_bytes_path_head_sends_length_and_keeps_connection(server):
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    try:
+        connection.request("HEAD", "/bytes/5000")
+        head = connection.getresponse()
+        head_body = head.read()
+        connection.request("GET", "/bytes/0")
+        empty = connection.getresponse()
+        empty_body = empty.read()
+    finally:
+        connection.close()
+    assert head.status == 200 and head.getheader("Content-Length") == "5000", (
+        f"expected 200 with Content-Length 5000, got {head.status} {head.getheaders()}"
+    )
+    assert head_body == b"" and empty.status == 200 and empty_body == b"", (
+        f"expected empty bodies, got {head_body[:20]!r} and {empty_body[:20]!r}"
+    )
+
+
+def test_bytes_path_over_1_gib_gets_400_naming_the_limit(server):
+    status, _, body = get(server.port, f"/bytes/{(1 << 30) + 1}")
+    assert status == 400, f"expected 400, got {status}"
+    assert b"more than 1073741824 bytes" in body, body
+    assert_serves(server.port)
+
+
+def test_post_to_bytes_path_gets_the_page_with_its_body(server):
+    status, headers, data = get(server.port, "/bytes/10", method="POST", body=b"echo me")
+    page = data.decode("utf-8")
+    assert status == 200 and headers["content-type"] == "text/html; charset=utf-8", headers
+    assert "<pre>echo me</pre>" in page and "<dd>/bytes/10</dd>" in page, page
+
+
 def test_200_concurrent_clients_are_served(server):
     clients = 200
     barrier = threading.Barrier(clients, timeout=20)
