@@ -49,17 +49,20 @@ def log_destination(e2e_stack):
 
 
 @pytest.fixture(scope="module")
-def log_poller(e2e_stack, log_destination) -> LogPoller:
-    """Reads the objects under PREFIX/AWSLogs/ACCOUNT/elasticloadbalancing/REGION/."""
+def log_poller(e2e_stack, log_destination, e2e_options) -> LogPoller:
+    """Reads the objects under PREFIX/AWSLogs/ACCOUNT/elasticloadbalancing/REGION/, and
+    saves each to --log-download DIR when given."""
     return LogPoller(e2e_stack.clients.s3, log_destination.bucket, log_destination.prefix,
-                     e2e_stack.account_id, e2e_stack.region)
+                     e2e_stack.account_id, e2e_stack.region,
+                     download=e2e_options.log_download)
 
 
 @pytest.fixture(scope="module")
 def delivered(traffic, log_poller, tls_listener_ports, tls_request, connection_registry,
-              e2e_options, e2e_progress) -> Delivery:
+              e2e_options, e2e_progress, conformance) -> Delivery:
     """Makes one connection per listener, then waits for the entries of every connection
-    the session made: all of them locally, at least one against a real account."""
+    the session made: all of them locally, at least one against a real account. What was
+    found goes to the conformance report."""
     listeners = {}
     for port in tls_listener_ports:
         expectation = listener_expectation(traffic.clients, traffic.load_balancer_arn, port,
@@ -67,15 +70,18 @@ def delivered(traffic, log_poller, tls_listener_ports, tls_request, connection_r
         listeners[port] = TlsListener(expectation, traffic.address(port), traffic)
         tls_request(listeners[port], "GET", "/access-log", purpose="access-log probe")
     records = connection_registry.records()
+    listener_ids = {p: l.expectation.listener_id for p, l in listeners.items()}
     started = time.monotonic()
     found, missing = await_entries(
-        log_poller, records, {p: l.expectation.listener_id for p, l in listeners.items()},
+        log_poller, records, listener_ids,
         require_all=traffic.target == "local", timeout=e2e_options.log_wait,
         interval=_POLL_S[traffic.target], clock_slack=_CLOCK_SLACK_S[traffic.target],
         report=e2e_progress,
     )
     e2e_progress(f"access logs: entries for {len(found)} of {len(records)} connections in "
                  f"{len(log_poller.objects)} object(s) after {time.monotonic() - started:.1f} s")
+    conformance.access_logs_matched(found, missing, log_poller, listener_ids,
+                                    e2e_options.log_download)
     return Delivery(log_poller, found, missing, listeners)
 
 

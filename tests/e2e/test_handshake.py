@@ -28,10 +28,13 @@ def _trust(stack) -> str:
 
 
 @pytest.fixture
-def default_handshake(tls_listener, traffic):
-    """One handshake by a default client, sending the default certificate's name as SNI."""
+def default_handshake(tls_listener, traffic, conformance):
+    """One handshake by a default client, sending the default certificate's name as SNI;
+    recorded for the conformance report."""
     host, port = tls_listener.address
-    return handshake(host, port, tls_listener.server_name, ca_bundle=traffic.ca_bundle)
+    got = handshake(host, port, tls_listener.server_name, ca_bundle=traffic.ca_bundle)
+    conformance.handshake_observed(tls_listener.port, got)
+    return got
 
 
 def test_every_tls_listener_of_the_load_balancer_is_under_test(e2e_stack, tls_listener_ports):

@@ -11,7 +11,7 @@ from OpenSSL import SSL
 from fixtures import tls_probe, tls_scan
 from fixtures.tls_scan import Finding
 from infra import certs, policies
-from tests.unit.tls_server import TlsServer, chain_context, server_context
+from tests.unit.tls_server import TlsServer, chain_context, policy_server, server_context
 
 pytestmark = pytest.mark.unit
 
@@ -234,20 +234,9 @@ def test_scan_finds_exactly_what_the_server_was_told(known_server):
     assert tried == set(tls_scan.offerable_ciphers("TLSv1.2")) and len(tried) > 50
 
 
-def _policy_server(chain, workdir, policy, *, extra=(), without=(), max_version=None):
-    """A server configured from policy, then given extra ciphers or stripped of some."""
-    context = chain_context(chain, workdir)
-    policies.configure_context(context, policy, server=True)
-    legacy = [c for c in policy.legacy_ciphers if c not in without] + list(extra)
-    context.set_ciphers(":".join(legacy) + ":@SECLEVEL=0")
-    if max_version is not None:
-        context.maximum_version = max_version
-    return TlsServer(context)
-
-
 def test_compare_names_an_accepted_cipher_the_policy_does_not_allow(rsa_chain, workdir):
     policy = policies.get_policy("ELBSecurityPolicy-FS-1-2-Res-2020-10")
-    with _policy_server(rsa_chain, workdir, policy, extra=["ECDHE-RSA-AES128-SHA"]) as server:
+    with policy_server(rsa_chain, workdir, policy, extra=["ECDHE-RSA-AES128-SHA"]) as server:
         difference = tls_probe.compare(tls_probe.scan(HOST, server.port), policy, "RSA")
     assert difference.accepted_not_allowed == (Finding("TLSv1.2", "ECDHE-RSA-AES128-SHA"),)
     assert difference.allowed_but_refused == () and not difference.ok
@@ -257,7 +246,7 @@ def test_compare_names_an_accepted_cipher_the_policy_does_not_allow(rsa_chain, w
 def test_compare_names_an_allowed_cipher_the_server_refuses(rsa_chain, workdir):
     policy = policies.get_policy("ELBSecurityPolicy-FS-1-2-Res-2020-10")
     refused = "ECDHE-RSA-AES256-GCM-SHA384"
-    with _policy_server(rsa_chain, workdir, policy, without=[refused]) as server:
+    with policy_server(rsa_chain, workdir, policy, without=[refused]) as server:
         difference = tls_probe.compare(tls_probe.scan(HOST, server.port), policy, "RSA")
     assert difference.allowed_but_refused == (Finding("TLSv1.2", refused),)
     assert difference.accepted_not_allowed == () and not difference.ok

@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
+from infra import policies
 from infra._openssl import set_tls13_ciphersuites
 from infra.certs import CertificateChain, public_key_fingerprint
 
@@ -53,6 +54,20 @@ def server_context(
         context.set_alpn_protocols(list(alpn))
     context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     return context
+
+
+def policy_server(chain: CertificateChain, directory: Path, policy, *, extra: Sequence[str] = (),
+                  without: Sequence[str] = (),
+                  max_version: Optional[ssl.TLSVersion] = None) -> "TlsServer":
+    """A server configured from a security policy, then given extra TLS 1.2-and-older ciphers
+    or stripped of some: a listener that differs from its policy in known ways."""
+    context = chain_context(chain, directory)
+    policies.configure_context(context, policy, server=True)
+    legacy = [c for c in policy.legacy_ciphers if c not in without] + list(extra)
+    context.set_ciphers(":".join(legacy) + ":@SECLEVEL=0")
+    if max_version is not None:
+        context.maximum_version = max_version
+    return TlsServer(context)
 
 
 class TlsServer:
