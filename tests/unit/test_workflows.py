@@ -177,7 +177,7 @@ def test_nightly_sweeps_under_an_always_condition_after_the_suite():
     assert sweep_index > suite_index, "the sweep must come after the suite"
     assert "always()" in str(sweep.get("if", "")), (
         f"the sweep step must run even after a failure or cancel; its if: {sweep.get('if')!r}")
-    for part in ("--older-than 0s", "--yes", '--region "$AWS_REGION"'):
+    for part in ("--older-than 0s", "--yes", "--fail-if-found", '--region "$AWS_REGION"'):
         assert part in sweep["run"], f"the sweep step lacks {part!r}"
 
 
@@ -203,18 +203,30 @@ def test_nightly_uploads_results_even_after_a_failure():
     assert index == len(steps) - 1, "the upload must be the last step"
 
 
-def test_ci_runs_unit_tests_then_the_local_suite_and_uploads_junit():
+def test_ci_installs_like_the_readme_then_runs_unit_and_local_suite_and_uploads():
     steps = job(load(CI))["steps"]
     _, python = step_using(steps, "actions/setup-python")
     assert str(python["with"]["python-version"]) == "3.11"
-    install, _ = step_running(steps, "-r requirements.txt")
-    npm, _ = step_running(steps, "npm ci")
+    install, _ = step_running(steps, ".ci/install")
     unit, _ = step_running(steps, "python -m pytest -m unit")
     e2e, e2e_step = step_running(steps, "python -m pytest -m e2e")
     upload, upload_step = step_using(steps, "actions/upload-artifact")
-    assert install < unit and npm < unit < e2e < upload, "expected install, unit, e2e, upload"
-    assert "--target local" in e2e_step["run"] and "--junit-xml" in e2e_step["run"]
-    assert "always()" in str(upload_step.get("if", ""))
+    assert install < unit < e2e < upload, "expected install, unit, e2e, upload"
+    for part in ("--target local", "--junit-xml out/", "--report out/", "--log-download out/"):
+        assert part in e2e_step["run"], f"the e2e step lacks {part!r}: {e2e_step['run']!r}"
+    assert upload_step["with"]["path"] == "out/" and "always()" in str(upload_step.get("if"))
+    script = (ROOT / ".ci" / "install").read_text()
+    for part in ("pip install", "-r requirements.txt", "npm ci", "chromium"):
+        assert part in script, f".ci/install lacks {part!r}"
+
+
+def test_nightly_uploads_the_report_and_the_log_objects_it_found():
+    body = job(load(NIGHTLY))
+    _, suite = step_running(body["steps"], "python -m pytest -m e2e")
+    for part in ('--report "$OUT/', '--log-download "$OUT/', '--junit-xml "$OUT/'):
+        assert part in suite["run"], f"the suite step lacks {part!r}: {suite['run']!r}"
+    _, upload = step_using(body["steps"], "actions/upload-artifact")
+    assert upload["with"]["path"] == "${{ env.OUT }}/" and body["env"]["OUT"] == "out"
 
 
 def _options(script: str, command: str) -> set[str]:
