@@ -208,7 +208,8 @@ class _ConnectionHandler(socketserver.BaseRequestHandler):
             answer.send(sock, 501, _error_page(501, detail))
         elif bulk is not None and bulk > MAX_BULK_BYTES:
             detail = f"/bytes/{bulk} asks for more than {MAX_BULK_BYTES} bytes; ask for fewer"
-            answer.send(sock, 400, _error_page(400, detail))
+            answer.send(sock, 400, _error_page(400, detail),
+                        with_body=request.method != "HEAD")
         elif bulk is not None:
             answer.stream(sock, bulk, with_body=request.method != "HEAD")
         else:

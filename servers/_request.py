@@ -116,7 +116,10 @@ def read_head(rfile: BinaryIO, limits: Limits) -> Optional[Request]:
 def read_body(rfile: BinaryIO, request: Request, limits: Limits) -> bytes:
     """The request body, chunked coding removed; raises HttpError or ClientGone."""
     if request.chunked:
-        return _read_chunked(rfile, limits.max_body)
+        try:
+            return _read_chunked(rfile, limits.max_body)
+        except HttpError as error:  # the access log names the request it refused
+            raise HttpError(error.status, error.detail, request.request_line) from None
     if not request.content_length:
         return b""
     body = rfile.read(request.content_length)

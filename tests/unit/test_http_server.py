@@ -602,6 +602,53 @@ def test_access_log_has_one_common_log_line_per_request(server):
     assert count == 1, f"expected one line for the GET, got {count}:\n{server.stderr}"
 
 
+@pytest.mark.parametrize("chunks, status", [
+    (b"zz\r\nhello\r\n0\r\n\r\n", 400),  # a chunk size that is not hexadecimal
+    (b"%x\r\n" % (DEFAULT_MAX_BODY + 1), 413),  # a chunk larger than the body limit
+])
+def test_refused_chunked_body_is_logged_with_its_request_line(server, chunks, status):
+    path = f"/chunked-{uuid.uuid4().hex}"
+    raw = request_bytes(f"POST {path}", "Transfer-Encoding: chunked", body=chunks)
+    assert status_of(server.port, raw) == status
+    line = r'^127\.0\.0\.1 - - \[[^]]+\] '
+    server.wait_for(line + rf'"POST {path} HTTP/1\.1" {status} \d+$')
+
+
+def test_head_refused_on_the_bytes_path_sends_no_body_and_keeps_the_connection(server):
+    # Raw bytes: http.client drops whatever follows a HEAD answer in its buffer.
+    head = f"HEAD /bytes/{(1 << 30) + 1} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    follow = request_bytes("GET /after-head", *JSON_FIELD)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(head)
+        time.sleep(0.2)  # the answer to the HEAD alone, before the next request is sent
+        sock.sendall(follow)
+        raw = read_to_end(sock)
+    first, _, rest = raw.partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 400 "), raw[:200]
+    assert b"content-length: " in first.lower() and b"connection: close" not in first.lower()
+    assert rest.startswith(b"HTTP/1.1 200 "), (
+        f"expected the next answer right after the HEAD's head, got {rest[:120]!r}")
+    assert json.loads(parse_response(rest)[2])["path"] == "/after-head"
+
+
+@pytest.mark.parametrize("module, port", [("http_server", 8080), ("https_server", 8443)])
+def test_defaults_are_every_address_the_servers_port_and_the_documented_limits(module, port):
+    import argparse
+    import importlib
+
+    from servers._cli import add_server_arguments, chosen_port, limits_from
+
+    default_port = importlib.import_module(f"servers.{module}").DEFAULT_PORT
+    parser = argparse.ArgumentParser()
+    add_server_arguments(parser, default_port)
+    args = parser.parse_args([])
+    limits = limits_from(args)
+    assert args.listen == "0.0.0.0", f"expected 0.0.0.0 as on an instance, got {args.listen}"
+    assert chosen_port(parser, args, default_port) == port
+    assert (limits.max_request_line, limits.max_header_bytes, limits.max_body,
+            limits.idle_timeout) == (8 * 1024, 64 * 1024, DEFAULT_MAX_BODY, 30.0), limits
+
+
 def test_bare_positional_port_is_used():
     port = free_port()
     process = start_server("servers.http_server", str(port))
