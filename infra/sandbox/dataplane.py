@@ -16,7 +16,13 @@ from .health import HealthChecker
 from .proxy import HANDSHAKE_TIMEOUT_SECONDS, ClientConnection
 from .records import ClosedConnection
 from .routing import TargetSelector
-from .tls import ListenerTls, UnknownAlpnPolicyError, alpn_protocols, backend_context
+from .tls import (
+    IDLE_TIMEOUT_SECONDS,
+    ListenerTls,
+    UnknownAlpnPolicyError,
+    alpn_protocols,
+    backend_context,
+)
 
 __all__ = ["DataPlane", "ListenerState", "TlsBuilder", "access_log_entry"]
 
@@ -131,14 +137,17 @@ class DataPlane:
     connection that ends is turned into an access-log entry and given to `deliver` while
     the load balancer's `access_logs.s3.enabled` is true, with the bucket and prefix of
     that moment. A client that has not completed its handshake `handshake_timeout` seconds
-    after connecting is disconnected. Methods run in the event loop's thread unless they say
+    after connecting is disconnected, and one with no traffic either way for `idle_timeout`
+    seconds (350 on the NLB) is reset on both sides. Methods run in the event loop's thread unless they say
     otherwise.
     """
 
     def __init__(self, selector: TargetSelector, health: HealthChecker, deliver: Deliver,
                  *, host: str = "127.0.0.1", listener_ports_as_is: bool = False,
-                 handshake_timeout: float = HANDSHAKE_TIMEOUT_SECONDS) -> None:
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT_SECONDS,
+                 idle_timeout: float = IDLE_TIMEOUT_SECONDS) -> None:
         self.handshake_timeout = handshake_timeout
+        self.idle_timeout = idle_timeout
         self._selector = selector
         self._health = health
         self._deliver = deliver

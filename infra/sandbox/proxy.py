@@ -17,7 +17,7 @@ from .client_hello import NeedMoreData, NotAClientHello, parse_client_hello
 from .config import Target
 from .records import ConnectionFacts
 from .target_leg import TargetConnection
-from .tls import IDLE_TIMEOUT_SECONDS, NoServableCertificate, alert_number
+from .tls import NoServableCertificate, alert_number
 
 __all__ = ["ClientConnection", "HANDSHAKE_TIMEOUT_SECONDS"]
 
@@ -168,7 +168,7 @@ class ClientConnection(asyncio.Protocol):
         self._phase = _OPEN
         self._timer.cancel()
         self._timer = asyncio.get_running_loop().call_later(
-            IDLE_TIMEOUT_SECONDS, self._idle_check
+            self._plane.idle_timeout, self._idle_check
         )
         self._connect_target()
 
@@ -188,12 +188,12 @@ class ClientConnection(asyncio.Protocol):
         idle = time.monotonic() - self.last_activity
         if self._target is not None:
             idle = min(idle, time.monotonic() - self._target.last_activity)
-        if idle >= IDLE_TIMEOUT_SECONDS:
+        if idle >= self._plane.idle_timeout:
             # The NLB resets both sides of a TLS connection idle for 350 s.
             self.reset("idle_timeout")
             return
         self._timer = asyncio.get_running_loop().call_later(
-            IDLE_TIMEOUT_SECONDS - idle, self._idle_check
+            self._plane.idle_timeout - idle, self._idle_check
         )
 
     # ---- plaintext from the client to the target ------------------------------------------

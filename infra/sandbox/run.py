@@ -29,6 +29,7 @@ from .local_compute import LocalCompute
 from .log_delivery import LogDelivery
 from .proxy import HANDSHAKE_TIMEOUT_SECONDS
 from .routing import FLOW_HASH, TargetSelector
+from .tls import IDLE_TIMEOUT_SECONDS
 
 __all__ = ["Sandbox", "SandboxOptions", "SandboxStartError"]
 
@@ -61,6 +62,7 @@ class SandboxOptions:
     target_selection: str = FLOW_HASH
     watch_interval: float = 1.0
     handshake_timeout: float = HANDSHAKE_TIMEOUT_SECONDS
+    idle_timeout: float = IDLE_TIMEOUT_SECONDS
 
 
 class _Loop:
@@ -176,7 +178,8 @@ class Sandbox:
         self.plane = DataPlane(selector, health, self.delivery.record,
                                host=self.options.listen_address,
                                listener_ports_as_is=self.options.listener_ports_as_is,
-                               handshake_timeout=self.options.handshake_timeout)
+                               handshake_timeout=self.options.handshake_timeout,
+                               idle_timeout=self.options.idle_timeout)
         watch_clients = self.clients("elbv2", "acm")
         keystore = KeyStore(run_directory(self.options.state_file) / "keys")
         source = CertificateSource(watch_clients.acm, account, region,
