@@ -11,22 +11,14 @@ from dataclasses import dataclass, field
 from botocore.exceptions import ClientError
 
 from infra.stack import PROJECT, TAG_CREATED_AT, TAG_KEEP, TAG_PROJECT, TAG_RUN_ID
-from infra.teardown import TeardownReport, TeardownSettings, teardown
+from infra.teardown import CREATION_ORDER, TeardownReport, TeardownSettings, teardown
 
-__all__ = ["Run", "SweepReport", "find_runs", "sweep", "DEFAULT_AGE_S"]
+__all__ = ["Run", "SweepReport", "find_runs", "run_resources", "sweep", "DEFAULT_AGE_S"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_AGE_S = 6 * 3600.0
 
-# Creation order of the build, so teardown (which walks a list newest first) removes
-# dependents before what they depend on.
-_ORDER = (
-    "s3-bucket", "acm-certificate", "ec2-vpc", "ec2-internet-gateway",
-    "ec2-internet-gateway-attachment", "ec2-subnet", "ec2-route-table",
-    "ec2-route-table-association", "ec2-security-group", "ec2-instance",
-    "elbv2-target-group", "elbv2-load-balancer", "elbv2-listener",
-)
 _ACM_KEY_TYPES = ["RSA_1024", "RSA_2048", "RSA_3072", "RSA_4096", "EC_prime256v1",
                   "EC_secp384r1", "EC_secp521r1"]
 
@@ -179,10 +171,19 @@ def find_runs(clients, now: datetime.datetime | None = None) -> list[Run]:
     for run_id, items in sorted(found.items()):
         times = [t for t in (_parse_time(tags.get(TAG_CREATED_AT)) for _, tags in items) if t]
         created = min(times) if times else None
-        ordered = sorted((r for r, _ in items), key=lambda r: _ORDER.index(r["type"]))
+        ordered = sorted((r for r, _ in items), key=lambda r: CREATION_ORDER.index(r["type"]))
         runs.append(Run(run_id, created.isoformat() if created else None,
                         (now - created).total_seconds() if created else None, tuple(ordered)))
     return runs
+
+
+def run_resources(clients, run_id: str) -> tuple[dict, ...]:
+    """The resources in the clients' region carrying RUN_ID's tag, in creation order (what
+    `down` adds to a ledger that missed some)."""
+    for run in find_runs(clients):
+        if run.run_id == run_id:
+            return run.resources
+    return ()
 
 
 def sweep(clients, older_than_s: float = DEFAULT_AGE_S, *, yes: bool = False,

@@ -6,7 +6,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +16,17 @@ from infra.aws import Clients
 from infra.stack import TAG_KEEP
 from infra.state import read_state, write_state
 
-__all__ = ["teardown", "down", "TeardownReport", "Leftover", "TeardownSettings"]
+__all__ = [
+    "teardown",
+    "down",
+    "TeardownReport",
+    "Leftover",
+    "TeardownSettings",
+    "AccountMismatchError",
+    "check_state_account",
+    "with_untracked",
+    "CREATION_ORDER",
+]
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +72,24 @@ class _Transient(Exception):
     """Raised inside a step to ask for another try (a deletion not finished yet)."""
 
 
-# Errors that clear by themselves: throttling everywhere; DependencyViolation while network
-# interfaces of a deleted load balancer drain; ResourceInUseException on a certificate that
-# ACM still sees attached for a while after its listener is gone.
-_TRANSIENT = {
+# Errors that clear by themselves, and only on the resource types where they do: throttling
+# everywhere; ResourceInUseException on a certificate that ACM still sees attached for a while
+# after its listener is gone; DependencyViolation on security groups, subnets and the VPC while
+# the network interfaces of a deleted load balancer or terminated instance drain, and on
+# detaching the gateway while those interfaces still hold public addresses. The same code on
+# any other type means something teardown cannot wait out (a gateway still attached, a group
+# in use by something the ledger does not list), so it fails at once and is reported.
+_THROTTLING = frozenset({
     "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException",
-    "SlowDown", "DependencyViolation", "ResourceInUseException", "ResourceInUse",
+    "SlowDown",
+})
+_DRAINING = frozenset({"DependencyViolation"})
+_TRANSIENT = {
+    "acm-certificate": frozenset({"ResourceInUseException", "ResourceInUse"}),
+    "ec2-security-group": _DRAINING,
+    "ec2-subnet": _DRAINING,
+    "ec2-vpc": _DRAINING,
+    "ec2-internet-gateway-attachment": _DRAINING,
 }
 _NOT_FOUND = {
     "LoadBalancerNotFound", "ListenerNotFound", "TargetGroupNotFound",
@@ -78,8 +100,30 @@ _NOT_FOUND = {
 }
 
 
+# The order in which the build creates resource types. Teardown walks a list newest first, so
+# a list in this order removes dependents before what they depend on.
+CREATION_ORDER = (
+    "s3-bucket", "acm-certificate", "ec2-vpc", "ec2-internet-gateway",
+    "ec2-internet-gateway-attachment", "ec2-subnet", "ec2-route-table",
+    "ec2-route-table-association", "ec2-security-group", "ec2-instance",
+    "elbv2-target-group", "elbv2-load-balancer", "elbv2-listener",
+)
+
+
+class AccountMismatchError(RuntimeError):
+    """The credentials belong to another account than the one a state file was built in.
+
+    Every resource of the state would look already gone (NotFound) from there, so teardown
+    would report success and remove the state file while the stack stays up.
+    """
+
+
 def _code(error: ClientError) -> str:
     return error.response.get("Error", {}).get("Code", "")
+
+
+def _transient_codes(resource_type: str) -> frozenset:
+    return _THROTTLING | _TRANSIENT.get(resource_type, frozenset())
 
 
 class _Teardown:
@@ -102,10 +146,13 @@ class _Teardown:
             if self.compute is not None and self.compute.delete(resource, self.clients):
                 return "removed"
             raise RuntimeError(f"unknown resource type {kind!r}: remove it by hand")
-        self._retrying(f"{kind} {resource['id']}", lambda: handler(self, resource))
+        self._retrying(f"{kind} {resource['id']}", lambda: handler(self, resource),
+                       _transient_codes(kind))
         return "removed"
 
-    def _retrying(self, what: str, action: Callable[[], None]) -> None:
+    def _retrying(self, what: str, action: Callable[[], None], transient: frozenset) -> None:
+        """Run ACTION until it succeeds or finds the resource gone; retry the error codes in
+        TRANSIENT (and `_Transient`) until the deadline, raise anything else at once."""
         deadline = time.monotonic() + self.settings.retry_deadline_s
         delay, last_report = 1.0, 0.0
         while True:
@@ -115,7 +162,7 @@ class _Teardown:
             except ClientError as error:
                 if _code(error) in _NOT_FOUND:
                     return
-                if _code(error) not in _TRANSIENT or time.monotonic() >= deadline:
+                if _code(error) not in transient or time.monotonic() >= deadline:
                     raise
                 reason = f"{_code(error)}: {error.response['Error'].get('Message', '')}"
             except _Transient as pending:
@@ -183,7 +230,19 @@ class _Teardown:
                                                  VpcId=resource["vpc_id"])
 
     def gateway(self, resource: dict) -> None:
-        self.clients.ec2.delete_internet_gateway(InternetGatewayId=resource["id"])
+        ec2 = self.clients.ec2
+        described = ec2.describe_internet_gateways(
+            InternetGatewayIds=[resource["id"]])["InternetGateways"]
+        # AWS refuses to delete an attached gateway, and a run killed between the attach
+        # call and its ledger record leaves an attachment the ledger does not list.
+        for attachment in described[0].get("Attachments", []) if described else []:
+            if attachment.get("State") == "detached":
+                continue
+            detach = {"id": resource["id"], "vpc_id": attachment["VpcId"]}
+            self._retrying(f"ec2-internet-gateway-attachment {resource['id']} to "
+                           f"{attachment['VpcId']}", lambda: self.gateway_attachment(detach),
+                           _transient_codes("ec2-internet-gateway-attachment"))
+        ec2.delete_internet_gateway(InternetGatewayId=resource["id"])
 
     def vpc(self, resource: dict) -> None:
         self.clients.ec2.delete_vpc(VpcId=resource["id"])
@@ -254,9 +313,11 @@ def teardown(
 ) -> TeardownReport:
     """Remove every resource in STATE's ledger, newest first; never raises for one resource.
 
-    A resource already gone counts as removed. Transient errors (throttling,
-    DependencyViolation, ResourceInUseException) are retried until `settings.retry_deadline_s`;
-    any other error leaves that resource in the report and teardown moves on. `keep_logs`
+    A resource already gone counts as removed. Errors transient for the resource's type
+    (throttling on any; ResourceInUseException on a certificate; DependencyViolation on a
+    security group, subnet, VPC or gateway attachment) are retried until
+    `settings.retry_deadline_s`; any other error leaves that resource in the report at once
+    and teardown moves on. `keep_logs`
     (default: the state's choice) keeps a created log bucket and its objects. `compute`
     removes resource types of its own (see Compute.delete). With `state_path`, the state file
     is rewritten after each step to list only what still exists, and removed when nothing is
@@ -296,9 +357,67 @@ def _finish_state_file(path: Path, state: dict, remaining: list, report) -> None
 
 
 def down(state_path, clients: Clients | None = None, *, keep_logs: bool | None = None,
-         settings: TeardownSettings = TeardownSettings()) -> TeardownReport:
+         settings: TeardownSettings = TeardownSettings(),
+         discover: Callable[[Clients, str], Iterable[dict]] | None = None) -> TeardownReport:
     """Tear down the stack of STATE_PATH; remove the file when nothing is left, else rewrite
-    it listing only what is left (so `down` can simply be run again)."""
+    it listing only what is left (so `down` can simply be run again).
+
+    Raises AccountMismatchError, before any delete call, when the clients' account is not the
+    state's `account_id`. `discover(clients, run_id)` (e.g. `infra.sweep.run_resources`)
+    finds resources carrying the run's tag; those the ledger misses (a run killed between a
+    create call and its record) are added to it and removed too.
+    """
     state = read_state(state_path)
+    clients = clients or Clients.for_state(state)
+    check_state_account(state, clients)
+    if discover is not None:
+        resources, added = with_untracked(state["resources"], discover(clients, state["run_id"]))
+        if added:
+            log.warning("the ledger misses %d resources tagged with run %s; removing them too: "
+                        "%s", len(added), state["run_id"],
+                        ", ".join(f"{r['type']} {r['id']}" for r in added))
+            state = {**state, "resources": resources}
+            write_state(state_path, state)
     return teardown(state, clients, keep_logs=keep_logs, settings=settings,
                     state_path=state_path)
+
+
+def check_state_account(state: dict, clients: Clients) -> None:
+    """Raise AccountMismatchError unless the clients' account (sts get-caller-identity) is
+    the state's `account_id`. A state without one (hand-written) is not checked."""
+    expected = state.get("account_id")
+    if not expected:
+        return
+    account = clients.account_id()
+    if account != expected:
+        raise AccountMismatchError(
+            f"state file of run {state['run_id']} lists resources of AWS account {expected}, "
+            f"but the credentials are of account {account}; use credentials of account "
+            f"{expected} to tear it down"
+        )
+
+
+def with_untracked(resources: list[dict], found: Iterable[dict]) -> tuple[list, list]:
+    """RESOURCES (a ledger, creation order) with those of FOUND it does not list, each put
+    after the last entry of its own or an earlier type in CREATION_ORDER, so teardown still
+    removes dependents first. Returns the merged list and the entries added."""
+    merged = list(resources)
+    known = {(r["type"], r["id"]) for r in merged}
+    added = []
+    for resource in found:
+        if (resource["type"], resource["id"]) in known:
+            continue
+        rank = _rank(resource["type"])
+        position = 0
+        for index, entry in enumerate(merged):
+            entry_rank = _rank(entry["type"])
+            if entry_rank is not None and rank is not None and entry_rank <= rank:
+                position = index + 1
+        merged.insert(position, resource)
+        known.add((resource["type"], resource["id"]))
+        added.append(resource)
+    return merged, added
+
+
+def _rank(resource_type: str) -> int | None:
+    return CREATION_ORDER.index(resource_type) if resource_type in CREATION_ORDER else None

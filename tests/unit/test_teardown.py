@@ -6,6 +6,7 @@ import os
 import time
 
 import pytest
+from botocore.exceptions import ClientError
 
 from fixtures.moto import (  # noqa: F401  (fixtures)
     REGION, FailCalls, clients, fail_nth_mutating_call, inventory,
@@ -13,11 +14,11 @@ from fixtures.moto import (  # noqa: F401  (fixtures)
 )
 from infra.compute import Compute
 from infra.network import Ec2Compute
-from infra.provision import build
+from infra.provision import BUILD_STEPS, build
 from infra.stack import TAG_KEEP, Certificate, Network, Stack
 from infra.state import read_state, run_directory, write_state
-from infra.sweep import find_runs
-from infra.teardown import TeardownSettings, down, teardown
+from infra.sweep import find_runs, run_resources
+from infra.teardown import TeardownSettings, down, teardown, with_untracked
 from infra.waits import Waits
 
 pytestmark = pytest.mark.unit
@@ -35,10 +36,10 @@ def _stack(test_chain_files) -> Stack:
                  network=Network(ami_id="ami-0123456789abcdef0"))
 
 
-def _build(tmp_path, test_chain_files, clients):
+def _build(tmp_path, test_chain_files, clients, on_step=None):
     stack = _stack(test_chain_files)
     state_path = tmp_path / "stack.json"
-    build(stack, clients, Ec2Compute(FAST), state_path, waits=FAST)
+    build(stack, clients, Ec2Compute(FAST), state_path, waits=FAST, on_step=on_step)
     return stack, state_path
 
 
@@ -49,15 +50,17 @@ def _state(resources, **fields):
 
 @pytest.fixture(scope="module")
 def recorded(module_clients, test_chain_files, tmp_path_factory):
-    """A built stack, the inventory from before it, and the names of the create and change
-    calls its build made, in order. Torn down by the test that uses it (or at the end)."""
-    clients, operations = module_clients, []
+    """A built stack, the inventory from before it, and the create and change calls its
+    build made, in order, as (build step, operation name). Torn down by the test that uses
+    it (or at the end)."""
+    clients, operations, step = module_clients, [], {"name": None}
     before = inventory(clients)
-    record = lambda model, **_: operations.append(model.name)  # noqa: E731
+    record = lambda model, **_: operations.append((step["name"], model.name))  # noqa: E731
     clients.register("before-call", record)
-    stack, state_path = _build(tmp_path_factory.mktemp("recorded"), test_chain_files, clients)
+    stack, state_path = _build(tmp_path_factory.mktemp("recorded"), test_chain_files, clients,
+                               on_step=lambda name: step.update(name=name))
     clients.unregister("before-call", record)
-    yield stack, state_path, [name for name in operations if is_mutating(name)], before
+    yield stack, state_path, [(s, name) for s, name in operations if is_mutating(name)], before
     if state_path.exists():
         down(state_path, clients, settings=QUICK)
 
@@ -152,21 +155,45 @@ def _certificate(clients, test_chain_files) -> str:
         PrivateKey=test_chain_files.key_file.read_bytes())["CertificateArn"]
 
 
-def _security_group(clients) -> str:
+def _default_vpc(clients) -> str:
     vpc = clients.ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])
+    return vpc["Vpcs"][0]["VpcId"]
+
+
+def _security_group(clients, _files=None) -> str:
     return clients.ec2.create_security_group(
         GroupName=f"sg-{os.urandom(4).hex()}", Description="test",
-        VpcId=vpc["Vpcs"][0]["VpcId"])["GroupId"]
+        VpcId=_default_vpc(clients))["GroupId"]
+
+
+def _subnet(clients, _files=None) -> str:
+    """A subnet of the default VPC (172.31.0.0/16; its default subnets sit low in it)."""
+    for _ in range(20):
+        cidr = f"172.31.{128 + int.from_bytes(os.urandom(1), 'big') % 128}.0/24"
+        try:
+            return clients.ec2.create_subnet(VpcId=_default_vpc(clients),
+                                             CidrBlock=cidr)["Subnet"]["SubnetId"]
+        except ClientError as error:  # that /24 is taken by another test's subnet
+            if error.response["Error"]["Code"] != "InvalidSubnet.Conflict":
+                raise
+    raise AssertionError("no free /24 in the default VPC")
+
+
+def _gateway(clients, _files=None) -> str:
+    return clients.ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
 
 
 @pytest.mark.parametrize("operation, code, make, kind", [
     ("DeleteCertificate", "ResourceInUseException", _certificate, "acm-certificate"),
+    ("DeleteCertificate", "ThrottlingException", _certificate, "acm-certificate"),
     ("DeleteSecurityGroup", "DependencyViolation", _security_group, "ec2-security-group"),
     ("DeleteSecurityGroup", "RequestLimitExceeded", _security_group, "ec2-security-group"),
+    ("DeleteSubnet", "DependencyViolation", _subnet, "ec2-subnet"),
+    ("DeleteInternetGateway", "Throttling", _gateway, "ec2-internet-gateway"),
 ])
 def test_transient_errors_are_retried_until_they_clear(operation, code, make, kind, clients,
                                                        test_chain_files):
-    resource = make(clients, test_chain_files) if make is _certificate else make(clients)
+    resource = make(clients, test_chain_files)
     fault = FailCalls(operation, code, times=2)
     clients.register("before-call", fault)
     slept = []
@@ -191,6 +218,115 @@ def test_an_error_that_is_not_transient_is_not_retried(clients):
     assert "UnauthorizedOperation" in report.left[0].reason and fault.seen == 1
     clients.unregister("before-call", fault)
     clients.ec2.delete_security_group(GroupId=group)
+
+
+@pytest.mark.parametrize("operation, code, make, kind", [
+    ("DeleteInternetGateway", "DependencyViolation", _gateway, "ec2-internet-gateway"),
+    ("DeleteSecurityGroup", "ResourceInUseException", _security_group, "ec2-security-group"),
+    ("DeleteCertificate", "DependencyViolation", _certificate, "acm-certificate"),
+])
+def test_an_error_transient_on_another_type_fails_at_once(operation, code, make, kind,
+                                                          clients, test_chain_files):
+    """DependencyViolation clears by itself on groups, subnets and the VPC only, and
+    ResourceInUseException on a certificate only; elsewhere it is reported, not waited out."""
+    resource = make(clients, test_chain_files)
+    fault = FailCalls(operation, code)
+    clients.register("before-call", fault)
+    started = time.monotonic()
+
+    report = teardown(_state([{"type": kind, "id": resource}]), clients, settings=QUICK,
+                      sleep=lambda s: pytest.fail(f"{code} on {kind} must not be retried"))
+
+    assert [(x.type, x.id) for x in report.left] == [(kind, resource)], report.describe()
+    assert code in report.left[0].reason, f"expected {code} in {report.left[0].reason!r}"
+    assert fault.seen == 1, f"expected one try, got {fault.seen}"
+    assert time.monotonic() - started < 2
+    clients.unregister("before-call", fault)
+    assert teardown(_state([{"type": kind, "id": resource}]), clients, settings=QUICK).ok
+
+
+def _vpc_with_gateway(clients, stack: Stack) -> tuple[str, str]:
+    tags = lambda kind: [{"ResourceType": kind, "Tags": stack.tag_list()}]  # noqa: E731
+    vpc = clients.ec2.create_vpc(CidrBlock="10.81.0.0/16",
+                                 TagSpecifications=tags("vpc"))["Vpc"]["VpcId"]
+    gateway = clients.ec2.create_internet_gateway(
+        TagSpecifications=tags("internet-gateway"))["InternetGateway"]["InternetGatewayId"]
+    return vpc, gateway
+
+
+def _exists(describe, **arguments) -> bool:
+    try:
+        describe(**arguments)
+    except ClientError as error:
+        if error.response["Error"]["Code"].endswith(".NotFound"):
+            return False
+        raise
+    return True
+
+
+def test_a_gateway_attached_outside_the_ledger_is_detached_and_removed(clients):
+    """A run killed between AttachInternetGateway and its ledger record: the gateway step
+    detaches what describe_internet_gateways reports, at once, instead of waiting out a
+    DependencyViolation and leaving the gateway and the VPC."""
+    vpc, gateway = _vpc_with_gateway(clients, Stack())
+    clients.ec2.attach_internet_gateway(InternetGatewayId=gateway, VpcId=vpc)
+    ledger = [{"type": "ec2-vpc", "id": vpc}, {"type": "ec2-internet-gateway", "id": gateway}]
+
+    report = teardown(_state(ledger), clients, settings=QUICK,
+                      sleep=lambda s: pytest.fail("an attached gateway must not be waited on"))
+
+    assert report.ok, report.describe()
+    assert not _exists(clients.ec2.describe_internet_gateways, InternetGatewayIds=[gateway]), \
+        f"expected {gateway} gone"
+    assert not _exists(clients.ec2.describe_vpcs, VpcIds=[vpc]), f"expected {vpc} gone"
+
+
+def test_down_also_removes_tagged_resources_the_ledger_misses(clients, tmp_path):
+    """A run killed between RunInstances (or AttachInternetGateway) and its ledger record:
+    `down` with discovery finds them by the run's tag and removes them before what they
+    depend on."""
+    stack = Stack()
+    vpc, gateway = _vpc_with_gateway(clients, stack)
+    clients.ec2.attach_internet_gateway(InternetGatewayId=gateway, VpcId=vpc)
+    subnet = clients.ec2.create_subnet(VpcId=vpc, CidrBlock="10.81.1.0/24", TagSpecifications=[
+        {"ResourceType": "subnet", "Tags": stack.tag_list()}])["Subnet"]["SubnetId"]
+    instance = clients.ec2.run_instances(
+        ImageId="ami-0123456789abcdef0", MinCount=1, MaxCount=1, SubnetId=subnet,
+        TagSpecifications=[{"ResourceType": "instance", "Tags": stack.tag_list()}],
+    )["Instances"][0]["InstanceId"]
+    state_path = tmp_path / "s.json"
+    ledger = [{"type": "ec2-vpc", "id": vpc}, {"type": "ec2-internet-gateway", "id": gateway},
+              {"type": "ec2-subnet", "id": subnet}]
+    write_state(state_path, _state(ledger, run_id=stack.run_id, account_id="123456789012"))
+
+    report = down(state_path, clients, settings=QUICK, discover=run_resources)
+
+    assert report.ok, report.describe()
+    removed = [(r["type"], r["id"]) for r in report.removed]
+    assert removed == [("ec2-instance", instance), ("ec2-subnet", subnet),
+                       ("ec2-internet-gateway-attachment", gateway),
+                       ("ec2-internet-gateway", gateway), ("ec2-vpc", vpc)], removed
+    state = clients.ec2.describe_instances(InstanceIds=[instance])
+    assert state["Reservations"][0]["Instances"][0]["State"]["Name"] == "terminated"
+    assert tagged_resources(clients, stack.run_id) == []
+    assert not state_path.exists()
+
+
+def test_untracked_resources_are_placed_so_dependents_go_first():
+    ledger = [{"type": "s3-bucket", "id": "b"}, {"type": "local-directory", "id": "/d"},
+              {"type": "ec2-vpc", "id": "vpc-1"}, {"type": "ec2-internet-gateway", "id": "igw"},
+              {"type": "ec2-security-group", "id": "sg-1"}]
+    found = [{"type": "ec2-vpc", "id": "vpc-1"},
+             {"type": "ec2-internet-gateway-attachment", "id": "igw", "vpc_id": "vpc-1"},
+             {"type": "ec2-instance", "id": "i-1"}, {"type": "ec2-instance", "id": "i-2"}]
+
+    merged, added = with_untracked(ledger, found)
+
+    assert [r["id"] for r in added] == ["igw", "i-1", "i-2"]
+    assert [(r["type"], r["id"]) for r in merged] == [
+        ("s3-bucket", "b"), ("local-directory", "/d"), ("ec2-vpc", "vpc-1"),
+        ("ec2-internet-gateway", "igw"), ("ec2-internet-gateway-attachment", "igw"),
+        ("ec2-security-group", "sg-1"), ("ec2-instance", "i-1"), ("ec2-instance", "i-2")]
 
 
 def test_a_transient_error_past_its_deadline_leaves_the_resource(clients, test_chain_files):
@@ -237,33 +373,42 @@ def test_unknown_resource_types_are_reported_and_a_compute_can_claim_them(client
     assert json.loads(state_path.read_text())["resources"] == [resources[1]]
 
 
-class _Stop(Exception):
-    pass
-
-
-# Where to fail: (operation, which occurrence). One point inside each step, each leaving a
-# different partial stack: nothing yet, a bucket without its policy, certificate files
-# without the certificate, a gateway not attached, one subnet, one instance, one target
-# group with targets, no load balancer, a load balancer with one listener. The last step
-# (everything built) is failed through the step hook below.
+# Where to fail: (operation, which occurrence). One point inside each step that makes create
+# or change calls, each leaving a different partial stack: nothing yet, a bucket without its
+# policy, certificate files without the certificate, a gateway not attached, one subnet, one
+# instance, one target group with targets, no load balancer, a load balancer with one
+# listener, a whole stack without its access-log attributes.
 FAULTS = (
     ("CreateBucket", 1), ("PutBucketPolicy", 1), ("ImportCertificate", 1),
     ("AttachInternetGateway", 1), ("CreateSubnet", 2), ("RunInstances", 2),
     ("RegisterTargets", 2), ("CreateLoadBalancer", 1), ("CreateListener", 2),
+    ("ModifyLoadBalancerAttributes", 1),
 )
+# The waits make no create call: each is failed through the describe call it polls.
+WAIT_FAULTS = {"wait-load-balancer": "DescribeLoadBalancers",
+               "wait-targets": "DescribeTargetHealth"}
 
 
 @pytest.fixture(scope="module")
-def fault_points(recorded) -> list[tuple[str, int]]:
-    """(operation, k) for each of FAULTS: k is that call's 1-based position among the create
-    and change calls of a real build (the `recorded` one)."""
+def fault_points(recorded) -> list[tuple[str, int, str]]:
+    """(operation, k, step) for each of FAULTS: k is that call's 1-based position among the
+    create and change calls of a real build (the `recorded` one), step the build step that
+    made it."""
     operations = recorded[2]
     points = []
     for operation, occurrence in FAULTS:
-        positions = [k for k, name in enumerate(operations, start=1) if name == operation]
+        positions = [(k, step) for k, (step, name) in enumerate(operations, start=1)
+                     if name == operation]
         assert len(positions) >= occurrence, f"the build made {operation} {len(positions)} times"
-        points.append((operation, positions[occurrence - 1]))
+        points.append((operation, *positions[occurrence - 1]))
     return points
+
+
+def test_every_build_step_is_failed_by_some_fault(fault_points):
+    failed = {step for _, _, step in fault_points} | set(WAIT_FAULTS)
+    assert sorted(failed) == sorted(BUILD_STEPS), \
+        f"expected faults in every step {BUILD_STEPS}; steps never failed: " \
+        f"{sorted(set(BUILD_STEPS) - failed)}"
 
 
 def _assert_torn_down(state_path, clients, before):
@@ -278,31 +423,37 @@ def test_failure_inside_each_step_is_torn_down_completely(
     """The k-th create or change call fails (at each point of FAULTS, from the log bucket to
     the access-log attributes); teardown from the ledger then leaves nothing."""
     before = inventory(clients)
-    current = {}
+    current, steps = {}, []
     clients.register("before-call", lambda **kwargs: current["fault"](**kwargs))
-    for operation, k in fault_points:
+    for operation, k, step in fault_points:
         current["fault"] = fail_nth_mutating_call(k)
         state_path = tmp_path / f"s{k}.json"
         with pytest.raises(Exception, match="InjectedFailure") as raised:
-            build(_stack(test_chain_files), clients, Ec2Compute(FAST), state_path, waits=FAST)
+            build(_stack(test_chain_files), clients, Ec2Compute(FAST), state_path, waits=FAST,
+                  on_step=steps.append)
         assert operation in str(raised.value), f"call {k}: expected {operation} to fail"
+        assert steps[-1] == step, f"call {k}: expected step {step} to fail, got {steps[-1]}"
         assert read_state(state_path)["status"] == "failed"
         current["fault"] = lambda **_: None  # teardown and inventory run unhindered
         _assert_torn_down(state_path, clients, before)
 
 
-def test_failure_in_the_last_step_is_torn_down_completely(clients, tmp_path,
-                                                         test_chain_files):
-    """The waits make no create call; the last one fails through the step hook instead,
-    with the whole stack built."""
+@pytest.mark.parametrize("step", sorted(WAIT_FAULTS))
+def test_failure_in_a_wait_is_torn_down_completely(step, clients, tmp_path, test_chain_files):
+    """A wait's describe call fails with the whole stack built (up to the access-log
+    attributes); teardown from the ledger then leaves nothing."""
     before = inventory(clients)
     state_path = tmp_path / "s.json"
+    fault = FailCalls(WAIT_FAULTS[step], "AccessDenied")
 
-    def stop_at(name):
-        if name == "wait-targets":
-            raise _Stop(name)
+    def fail_in(name):
+        if name == step:
+            clients.register("before-call", fault)
 
-    with pytest.raises(_Stop):
+    with pytest.raises(ClientError, match="AccessDenied"):
         build(_stack(test_chain_files), clients, Ec2Compute(FAST), state_path, waits=FAST,
-              on_step=stop_at)
+              on_step=fail_in)
+    assert fault.seen == 1, f"expected the {step} step's {WAIT_FAULTS[step]} to fail once"
+    clients.unregister("before-call", fault)
+    assert read_state(state_path)["status"] == "failed"
     _assert_torn_down(state_path, clients, before)
