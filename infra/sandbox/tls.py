@@ -1,5 +1,6 @@
 """TLS for the data plane: per-certificate contexts as the listener's policy says, ALPN, alerts."""
 
+import functools
 import logging
 import os
 import re
@@ -10,7 +11,13 @@ from typing import Optional, Sequence
 
 import _ssl
 
-from infra.policies import SecurityPolicy, backend_policy, configure_context
+from infra.policies import (
+    KEY_ALGORITHMS,
+    SecurityPolicy,
+    backend_policy,
+    ciphers_for_key,
+    configure_context,
+)
 
 from .certificates import ServedCertificate, select_certificate
 
@@ -83,23 +90,42 @@ def alert_number(error: ssl.SSLError) -> Optional[int]:
     return member.value if member is not None else None
 
 
-# TLS 1.2-and-older suites authenticated by an ECDSA key, by IANA code (RFC 4492, 5289, 7905).
-_ECDSA_SUITES = frozenset({0xC009, 0xC00A, 0xC023, 0xC024, 0xC02B, 0xC02C, 0xCCA9})
+@functools.lru_cache(maxsize=None)
+def _suite_codes() -> dict[str, int]:
+    """IANA code of every suite this OpenSSL can negotiate, by OpenSSL name: a ClientHello
+    lists codes, a policy names. A suite OpenSSL lacks cannot be negotiated, so never counts."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.set_ciphers("ALL:COMPLEMENTOFALL:@SECLEVEL=0")
+    # get_ciphers()' id is OpenSSL's 0x0300XXXX form; XXXX is the IANA code.
+    return {cipher["name"]: cipher["id"] & 0xFFFF for cipher in context.get_ciphers()}
+
+
 _TLS13 = 0x0304
 
 
+def _offered(codes: set, ciphers) -> bool:
+    known = _suite_codes()
+    return any(known.get(cipher) in codes for cipher in ciphers)
+
+
 def _key_algorithms_offered(hello, policy: SecurityPolicy):
-    """Which key algorithms a ClientHello can be served with under `policy`."""
-    tls13 = "TLSv1.3" in policy.protocols and hello.max_version >= _TLS13
-    suites = set(hello.cipher_suites)
-    ecdsa = tls13 or bool(suites & _ECDSA_SUITES)
-    # Any other suite of the policies (ECDHE-RSA-*, AES*) is authenticated by an RSA key.
-    rsa = tls13 or bool(suites - _ECDSA_SUITES)
+    """Which key algorithms a ClientHello can be served with under `policy`.
 
-    def accepts(key_algorithm: str) -> bool:
-        return ecdsa if key_algorithm == "EC" else rsa
-
-    return accepts
+    Only suites the policy accepts count: a suite outside it, the renegotiation SCSV or a
+    GREASE value can never be negotiated, so it proves nothing about the client.
+    """
+    # TLS 1.3 separates the suite from the certificate's key: a handshake that will be
+    # TLS 1.3 can be served with either key.
+    codes = set(hello.cipher_suites)
+    if policy.has_tls13 and hello.max_version >= _TLS13 \
+            and _offered(codes, policy.tls13_ciphers):
+        return lambda key_algorithm: True
+    legacy = set(policy.legacy_ciphers)
+    usable = {
+        algorithm: _offered(codes, legacy.intersection(ciphers_for_key(policy, algorithm)))
+        for algorithm in KEY_ALGORITHMS
+    }
+    return lambda key_algorithm: usable.get(key_algorithm, False)
 
 
 def _load_chain(context: ssl.SSLContext, cert: ServedCertificate) -> None:

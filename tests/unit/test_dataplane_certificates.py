@@ -23,6 +23,7 @@ from infra.sandbox.certificates import (
     strip_appended,
 )
 from infra.sandbox.tls import ListenerTls, NoServableCertificate, alert_number, alpn_protocols
+from infra.sandbox.tls import _key_algorithms_offered  # the offer check, tested on its own
 
 pytestmark = pytest.mark.unit
 
@@ -156,6 +157,49 @@ def test_rsa_only_tls12_offer_skips_the_ecdsa_match(default):
     assert tls.choose(_hello("both.test"))[0] == "arn:ec"
     rsa_only = _hello("both.test", suites=(0xC02F, 0x009C), max_version=0x0303)
     assert tls.choose(rsa_only)[0] == "arn:rsa"
+
+
+# IANA codes used in the offers below.
+_TLS_AES_128 = 0x1301
+_ECDHE_ECDSA_AES128_GCM = 0xC02B
+_ECDHE_ECDSA_CHACHA20 = 0xCCA9  # in OpenSSL, in no ELB policy
+_ECDHE_RSA_AES128_GCM = 0xC02F
+_RENEGOTIATION_SCSV = 0x00FF
+_GREASE = 0x0A0A
+
+
+@pytest.mark.parametrize("policy, suites, max_version, expected", [
+    # TLS 1.3 suites, the SCSV and GREASE say nothing about TLS 1.2 under a 1.2-only policy.
+    ("ELBSecurityPolicy-FS-1-2-Res-2020-10",
+     (_GREASE, _TLS_AES_128, _ECDHE_ECDSA_AES128_GCM, _RENEGOTIATION_SCSV), 0x0304,
+     {"RSA": False, "EC": True}),
+    # The same offer under a TLS 1.3 policy will be TLS 1.3: either key does.
+    ("ELBSecurityPolicy-TLS13-1-2-2021-06",
+     (_GREASE, _TLS_AES_128, _ECDHE_ECDSA_AES128_GCM, _RENEGOTIATION_SCSV), 0x0304,
+     {"RSA": True, "EC": True}),
+    # TLS 1.3 suites from a client that stops at TLS 1.2 count for nothing.
+    ("ELBSecurityPolicy-TLS13-1-2-2021-06", (_TLS_AES_128, _ECDHE_RSA_AES128_GCM), 0x0303,
+     {"RSA": True, "EC": False}),
+    # An ECDSA suite outside the policy cannot be negotiated.
+    ("ELBSecurityPolicy-2016-08", (_ECDHE_ECDSA_CHACHA20, _ECDHE_RSA_AES128_GCM), 0x0303,
+     {"RSA": True, "EC": False}),
+])
+def test_only_the_policys_suites_say_which_keys_a_client_can_use(policy, suites, max_version,
+                                                                 expected):
+    accepts = _key_algorithms_offered(_hello("x.test", suites, max_version), get_policy(policy))
+    got = {algorithm: accepts(algorithm) for algorithm in expected}
+    assert got == expected, f"{policy} with suites {[hex(s) for s in suites]}: expected " \
+                            f"{expected}, got {got}"
+
+
+def test_ecdsa_suite_outside_the_policy_gets_the_rsa_match(default):
+    ecdsa = _served("arn:ec", ["both.test"], key="EC", bits=256)
+    rsa_cert = _served("arn:rsa", ["both.test"])
+    tls = ListenerTls.build(get_policy("ELBSecurityPolicy-2016-08"), (), "arn:default",
+                            {"arn:default": default, "arn:ec": ecdsa, "arn:rsa": rsa_cert}, {})
+    offer = _hello("both.test", (_ECDHE_ECDSA_CHACHA20, _ECDHE_RSA_AES128_GCM), 0x0303)
+    chosen = tls.choose(offer)[0]
+    assert chosen == "arn:rsa", f"expected the RSA certificate the offer can use, got {chosen}"
 
 
 def test_alpn_policies_offer_the_nlb_lists():
