@@ -19,8 +19,9 @@ from infra.provision import build
 from infra.stack import AccessLogs, Certificate, HealthCheck, Network, Stack, StackConfigError
 from infra.stack import Listener, TargetGroup, DEFAULT_LISTENERS
 from infra.state import StateFileError, read_state
-from infra.sweep import DEFAULT_AGE_S, sweep
-from infra.teardown import down
+from infra.sweep import DEFAULT_AGE_S, run_resources, sweep
+from infra.teardown import AccountMismatchError, down
+from infra.validation import validate
 from infra.waits import Waits
 
 __all__ = ["main", "add_stack_options", "stack_from_args", "parse_duration", "STEP_DELAY_ENV",
@@ -97,7 +98,14 @@ def add_stack_options(parser: argparse.ArgumentParser) -> None:
 def _certificate_from_args(args) -> Certificate:
     if args.certificate_arn:
         return Certificate.existing(args.certificate_arn, args.ca_bundle)
-    if args.certificate_file or args.key_file:
+    if bool(args.certificate_file) != bool(args.key_file):
+        given, missing = ("--certificate-file", "--key-file") if args.certificate_file else (
+            "--key-file", "--certificate-file")
+        value = args.certificate_file or args.key_file
+        raise StackConfigError(
+            f"{given} {value} without {missing}: importing a certificate takes both the "
+            "certificate and its private key; give both, or neither to generate one")
+    if args.certificate_file:
         return Certificate.from_files(args.certificate_file, args.key_file, args.chain_file,
                                       args.ca_bundle)
     if args.domain:
@@ -156,6 +164,8 @@ def _waits(args) -> Waits:
 
 def _cmd_up(args) -> int:
     stack = stack_from_args(args)
+    # Offline first: a bad choice is reported without any call to AWS, even the account check.
+    validate(stack)
     clients = Clients(stack.region, args.endpoint_url)
     check_account(clients, allowed_accounts(args.aws_account))
     waits = _waits(args)
@@ -186,7 +196,7 @@ def _undo(state_file: Path, run_id: str, clients: Clients, error: BaseException)
         status = 2 if isinstance(error, (StackConfigError, StateFileError)) else 1
     else:
         print(f"up failed: {error}; tearing down what was built", file=sys.stderr)
-        report = down(state_file, clients)
+        report = down(state_file, clients, discover=run_resources)
         print(report.describe(), file=sys.stderr)
         status = 1
     return 128 + error.signum if isinstance(error, Interrupted) else status
@@ -218,7 +228,9 @@ def _cmd_down(args) -> int:
     if state.get("endpoint_url") is None or args.aws_account:
         check_account(clients, allowed_accounts(args.aws_account))
     keep = True if args.keep_logs else None
-    report = down(args.state_file, clients, keep_logs=keep)
+    # down() refuses credentials of another account than the state's (every resource would
+    # look already gone from there), and also removes tagged resources the ledger misses.
+    report = down(args.state_file, clients, keep_logs=keep, discover=run_resources)
     print(report.describe())
     return 0 if report.ok else 1
 
@@ -294,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("botocore").setLevel(logging.WARNING)
     try:
         return args.handler(args)
-    except (StackConfigError, StateFileError, AccountNotAllowedError) as error:
+    except (StackConfigError, StateFileError, AccountNotAllowedError,
+            AccountMismatchError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

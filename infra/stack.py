@@ -155,11 +155,13 @@ class Certificate:
 
     @classmethod
     def from_files(cls, cert_file, key_file, chain_file=None, ca_bundle=None) -> Certificate:
+        """An imported certificate; a missing CERT_FILE or KEY_FILE (None) is reported by
+        `infra.validation.validate`, not here."""
         return cls(
             source="import",
             dns_names=(),
-            cert_file=Path(cert_file),
-            key_file=Path(key_file),
+            cert_file=Path(cert_file) if cert_file else None,
+            key_file=Path(key_file) if key_file else None,
             chain_file=Path(chain_file) if chain_file else None,
             ca_bundle=Path(ca_bundle) if ca_bundle else None,
         )

@@ -219,3 +219,98 @@ def test_up_refuses_a_state_file_of_another_run_and_leaves_it_alone(moto_server,
     err = capsys.readouterr().err
     assert status == 2 and "still lists 1 resources of run otherrun" in err, err
     assert read_state(state_file) == other
+
+
+def _no_aws_calls(monkeypatch) -> None:
+    """Make any AWS client creation fail the test: what runs must stay offline."""
+    def refuse(self, service):
+        raise AssertionError(f"expected no AWS call; a {service} client was made")
+
+    monkeypatch.setattr(Clients, "client", refuse)
+
+
+def test_up_reports_a_bad_choice_before_any_aws_call(tmp_path, monkeypatch, capsys):
+    """The offline validation runs before the account check: no sts call for a bad policy."""
+    monkeypatch.delenv(ALLOWED_ACCOUNTS_ENV, raising=False)
+    _no_aws_calls(monkeypatch)
+
+    status = main(["up", "--state-file", str(tmp_path / "s.json"), "--region", REGION,
+                   "--ssl-policy", "ELBSecurityPolicy-2099-01"])
+
+    err = capsys.readouterr().err
+    assert status == 2, f"expected exit 2, got {status}: {err}"
+    assert "ELBSecurityPolicy-2099-01" in err and "refusing" not in err, err
+    assert not (tmp_path / "s.json").exists()
+
+
+@pytest.mark.parametrize("given, missing", [("--certificate-file", "--key-file"),
+                                            ("--key-file", "--certificate-file")])
+def test_up_with_half_of_a_certificate_import_names_the_missing_option(
+        given, missing, tmp_path, monkeypatch, capsys):
+    _no_aws_calls(monkeypatch)
+    half = tmp_path / "half.pem"
+    half.write_text("not read: the option check comes first\n")
+
+    status = main(["up", "--state-file", str(tmp_path / "s.json"), "--region", REGION,
+                   given, str(half)])
+
+    err = capsys.readouterr().err
+    assert status == 2, f"expected exit 2, got {status}: {err}"
+    assert f"{given} {half} without {missing}" in err, f"expected {missing} named; got {err}"
+    assert not (tmp_path / "s.json").exists()
+
+
+def _tagged_group(clients, stack: Stack, name: str = "a") -> str:
+    vpc = clients.ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])
+    return clients.ec2.create_security_group(
+        GroupName=f"cli-{stack.run_id}-{name}", Description="test",
+        VpcId=vpc["Vpcs"][0]["VpcId"],
+        TagSpecifications=[{"ResourceType": "security-group", "Tags": stack.tag_list()}],
+    )["GroupId"]
+
+
+@pytest.mark.parametrize("endpoint", ["aws", "moto server"])
+def test_down_refuses_credentials_of_another_account(endpoint, clients, moto_server, tmp_path,
+                                                     monkeypatch, capsys):
+    """From another account every resource looks already gone; down must not report them
+    removed, nor delete the state file, but refuse before any delete call."""
+    stack = Stack()
+    group = _tagged_group(clients, stack)
+    state_file = tmp_path / "s.json"
+    state = {"run_id": stack.run_id, "region": REGION, "account_id": "123456789012",
+             "endpoint_url": moto_server if endpoint == "moto server" else None,
+             "resources": [{"type": "ec2-security-group", "id": group}]}
+    write_state(state_file, state)
+    monkeypatch.setenv("MOTO_ACCOUNT_ID", "111111111111")
+    # Against AWS the other account is even on the allow-list: the state's account decides.
+    allow = ["--aws-account", "111111111111"] if endpoint == "aws" else []
+
+    status = main(["down", "--state-file", str(state_file), *allow])
+
+    monkeypatch.delenv("MOTO_ACCOUNT_ID")
+    captured = capsys.readouterr()
+    assert status == 2, f"expected exit 2, got {status}: {captured.out}{captured.err}"
+    assert "123456789012" in captured.err and "111111111111" in captured.err, captured.err
+    assert "removed" not in captured.out, captured.out
+    assert read_state(state_file) == state, "the state file must be left as it was"
+    assert tagged_resources(clients, stack.run_id) == [f"ec2-security-group {group}"]
+    clients.ec2.delete_security_group(GroupId=group)
+
+
+def test_down_removes_a_tagged_resource_its_state_file_does_not_list(clients, tmp_path,
+                                                                      capsys):
+    """A run killed between a create call and its ledger record: `down` finds the resource
+    by the run's tag."""
+    stack = Stack()
+    recorded, unrecorded = _tagged_group(clients, stack, "a"), _tagged_group(clients, stack, "b")
+    state_file = tmp_path / "s.json"
+    write_state(state_file, {"run_id": stack.run_id, "region": REGION,
+                             "account_id": "123456789012", "endpoint_url": None,
+                             "resources": [{"type": "ec2-security-group", "id": recorded}]})
+
+    status = main(["down", "--state-file", str(state_file), "--aws-account", "123456789012"])
+
+    out = capsys.readouterr().out
+    assert status == 0 and "removed 2" in out, f"expected both groups removed; got {out}"
+    assert tagged_resources(clients, stack.run_id) == [], f"{unrecorded} was left"
+    assert not state_file.exists()
