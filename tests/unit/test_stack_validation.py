@@ -224,3 +224,42 @@ def test_existing_bucket_with_delivery_policy_is_accepted(clients, calls, tmp_pa
     check_against_account(Stack(access_logs=AccessLogs(bucket=bucket)), clients,
                           "123456789012")
     assert calls.mutating == ["s3.CreateBucket", "s3.PutBucketPolicy"], calls.mutating
+
+
+def _import_into_acm(clients, certificate: Certificate) -> str:
+    return clients.acm.import_certificate(
+        Certificate=certificate.cert_file.read_bytes(),
+        PrivateKey=certificate.key_file.read_bytes())["CertificateArn"]
+
+
+def test_existing_certificate_with_a_key_type_the_nlb_refuses_fails_before_any_create(
+        odd_keys, clients, calls, tmp_path, request):
+    # ACM imports an RSA 4096 certificate; only attaching it to an NLB listener fails.
+    arn = _import_into_acm(clients, odd_keys["RSA_4096"])
+    request.addfinalizer(lambda: clients.acm.delete_certificate(CertificateArn=arn))
+    _assert_refused_before_any_create(
+        Stack(certificate=Certificate.existing(arn)), clients, calls, tmp_path,
+        [f"certificate {arn}: key type RSA_4096", "RSA_2048, RSA_3072", "EC_secp521r1"])
+
+
+def test_existing_certificate_not_issued_fails_before_any_create(clients, calls, tmp_path,
+                                                                 request):
+    # A requested certificate stays PENDING_VALIDATION until its DNS or email check passes.
+    arn = clients.acm.request_certificate(DomainName="pending.nlb-tls-suite.test")[
+        "CertificateArn"]
+    request.addfinalizer(lambda: clients.acm.delete_certificate(CertificateArn=arn))
+    status = clients.acm.describe_certificate(CertificateArn=arn)["Certificate"]["Status"]
+    assert status == "PENDING_VALIDATION", f"expected a pending certificate, got {status}"
+    _assert_refused_before_any_create(
+        Stack(certificate=Certificate.existing(arn)), clients, calls, tmp_path,
+        [f"certificate {arn}: status PENDING_VALIDATION", "accepted ISSUED"])
+
+
+@pytest.mark.parametrize("missing", ["certificate file", "key file"])
+def test_import_without_certificate_or_key_file_fails_before_any_create(
+        missing, test_chain_files, clients, calls, tmp_path):
+    files = test_chain_files
+    certificate = (Certificate.from_files(None, files.key_file) if missing == "certificate file"
+                   else Certificate.from_files(files.cert_file, None))
+    _assert_refused_before_any_create(Stack(certificate=certificate), clients, calls, tmp_path,
+                                      [f"importing needs a {missing}"])
