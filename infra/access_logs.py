@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import ipaddress
 import re
@@ -95,13 +96,9 @@ class SocketAddress:
     port: int
 
     def __post_init__(self) -> None:
-        try:
-            # A string, and one without spaces: ip_address also takes ints and scope ids.
-            if not isinstance(self.ip, str) or not _TOKEN.fullmatch(self.ip):
-                raise ValueError(self.ip)
-            ipaddress.ip_address(self.ip)
-        except ValueError:
-            raise InvalidEntryError(f"{self.ip!r} is not an IPv4 or IPv6 address") from None
+        # A string, and one without spaces: ip_address also takes ints and scope ids.
+        if not isinstance(self.ip, str) or not _is_ip_address(self.ip):
+            raise InvalidEntryError(f"{self.ip!r} is not an IPv4 or IPv6 address")
         if not _is_int(self.port) or not 0 <= self.port <= 65535:
             raise InvalidEntryError(f"port {self.port!r} is not an integer in 0-65535")
 
@@ -222,6 +219,19 @@ def protocol_field(version: str) -> str:
 
 _DIGITS = re.compile(r"[0-9]+")
 _TOKEN = re.compile(r"[!-~]+")  # printable ASCII without space: anything else splits a line
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_ip_address(text: str) -> bool:
+    # Cached: the data plane checks the client and listener address of every connection,
+    # and a few addresses make most of them.
+    if not _TOKEN.fullmatch(text):
+        return False
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_int(value: object) -> bool:

@@ -238,22 +238,33 @@ class ClientConnection(asyncio.Protocol):
         )
 
     async def _open_target(self, target: Target, context: Optional[ssl.SSLContext]) -> None:
+        # A timer that cancels this task, rather than asyncio.wait_for, which would wrap the
+        # connect in a second task on every connection.
         loop = asyncio.get_running_loop()
+        timeout = loop.call_later(TARGET_CONNECT_TIMEOUT_SECONDS, self._target_timed_out)
         try:
-            await asyncio.wait_for(
-                loop.create_connection(
-                    lambda: TargetConnection(self, context, self._facts.server_name),
-                    target.id, target.port,
-                ),
-                TARGET_CONNECT_TIMEOUT_SECONDS,
+            await loop.create_connection(
+                lambda: TargetConnection(self, context, self._facts.server_name),
+                target.id, target.port,
             )
-        except (OSError, asyncio.TimeoutError) as exc:
-            logger.info("target %s:%s of listener %s failed: %s; resetting the client",
-                        target.id, target.port, self._state.listener.port,
-                        exc or type(exc).__name__)
-            self.reset("target_failed")
+        except OSError as exc:
+            self._target_unreachable(target, str(exc) or type(exc).__name__)
+        except asyncio.CancelledError:
+            if self._phase != _CLOSED:  # not the client leaving: the timer fired
+                self._target_unreachable(target, "no connection within "
+                                                 f"{TARGET_CONNECT_TIMEOUT_SECONDS:g} s")
         finally:
+            timeout.cancel()
             self._connecting = None
+
+    def _target_timed_out(self) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
+
+    def _target_unreachable(self, target: Target, reason: str) -> None:
+        logger.info("target %s:%s of listener %s failed: %s; resetting the client",
+                    target.id, target.port, self._state.listener.port, reason)
+        self.reset("target_failed")
 
     # ---- callbacks from the target's side (see TargetConnection) --------------------------
 
