@@ -44,17 +44,23 @@ class TlsBuilder:
     """Turns a configuration into each TLS listener's ListenerTls, reusing unchanged ones.
 
     Runs in the configuration watcher's thread: loading certificates and building contexts
-    costs milliseconds the event loop should not spend.
+    costs milliseconds the event loop should not spend. A certificate that cannot be served
+    only goes into its listener's `unservable`; the listener itself is still built.
     """
 
     def __init__(self, source: CertificateSource) -> None:
         self._source = source
         self._certificates: dict = {}
         self._built: dict = {}
+        self._served: dict[str, ListenerTls] = {}
 
     def build(self, config: LoadBalancerConfig) -> dict[str, ListenerTls]:
-        """ListenerTls per TLS listener ARN; a listener whose TLS cannot be set up is left out
-        with a warning naming why."""
+        """ListenerTls per TLS listener ARN.
+
+        A listener whose settings cannot be served at all (a security or ALPN policy this
+        table does not know) keeps the ListenerTls it had, so it stays on its address; one
+        that never had any is left out. Either way a warning names why.
+        """
         versions = {version.arn: version for version in config.certificates}
         result, built = {}, {}
         for listener in config.listeners:
@@ -63,9 +69,15 @@ class TlsBuilder:
             try:
                 result[listener.arn] = self._listener_tls(listener, versions, built)
             except (UnknownPolicyError, UnknownAlpnPolicyError, ssl.SSLError) as exc:
-                logger.warning("listener %s (port %s) cannot serve TLS: %s",
-                               listener.id, listener.port, exc)
+                # The NLB's API refuses such a change, so the listener goes on as before.
+                previous = self._served.get(listener.arn)
+                logger.warning("listener %s (port %s) cannot serve TLS: %s; %s",
+                               listener.id, listener.port, exc,
+                               "it keeps its previous settings" if previous else "not served")
+                if previous is not None:
+                    result[listener.arn] = previous
         self._built = built
+        self._served = result
         current = set(versions.values())
         self._certificates = {v: c for v, c in self._certificates.items() if v in current}
         return result

@@ -17,6 +17,7 @@ from infra.policies import (
     backend_policy,
     ciphers_for_key,
     configure_context,
+    offerable_ciphers,
 )
 
 from .certificates import ServedCertificate, select_certificate
@@ -142,12 +143,33 @@ def _load_chain(context: ssl.SSLContext, cert: ServedCertificate) -> None:
         context.load_cert_chain(chain_path, key_path)
 
 
+# OpenSSL's default security level (2) refuses an RSA key under 2048 bits when the chain is
+# loaded (EE_KEY_TOO_SMALL), yet the NLB serves RSA 1024 certificates. Level 1 admits
+# them; a context the policy already put at level 0 (TLS 1.0/1.1, SHA-1 suites) stays there.
+_MIN_RSA_BITS_AT_DEFAULT_LEVEL = 2048
+_SMALL_KEY_LEVEL = 1
+
+
+def _admit_small_rsa_key(context: ssl.SSLContext, policy: SecurityPolicy) -> None:
+    if context.security_level <= _SMALL_KEY_LEVEL:
+        return
+    # The level travels in the TLS 1.2 cipher string; set the same list again with it. A
+    # TLS 1.3-only policy never negotiates from that list, so OpenSSL's default stands in.
+    legacy = [cipher for cipher in policy.legacy_ciphers if cipher in offerable_ciphers()]
+    context.set_ciphers(":".join(legacy or ["DEFAULT"]) + f":@SECLEVEL={_SMALL_KEY_LEVEL}")
+
+
 def server_context(
     policy: SecurityPolicy, cert: ServedCertificate, alpn: Sequence[str]
 ) -> ssl.SSLContext:
-    """A server context serving `cert` with exactly the policy's protocols and ciphers."""
+    """A server context serving `cert` with exactly the policy's protocols and ciphers.
+
+    Raises ssl.SSLError when OpenSSL refuses the certificate or its key.
+    """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     configure_context(context, policy, server=True)
+    if cert.key_algorithm == "RSA" and cert.key_bits < _MIN_RSA_BITS_AT_DEFAULT_LEVEL:
+        _admit_small_rsa_key(context, policy)
     # TLS listeners support no renegotiation; tickets stay on as on the NLB.
     context.options |= ssl.OP_NO_RENEGOTIATION
     _load_chain(context, cert)
@@ -169,9 +191,10 @@ def backend_context(listener_policy: SecurityPolicy) -> ssl.SSLContext:
 class ListenerTls:
     """What a TLS listener serves: its policy, ALPN list and one context per certificate.
 
-    `unservable` maps certificate ARNs that cannot be served (no private key known, or gone
-    from ACM) to the reason. A listed certificate that cannot be served is left out of the
-    SNI choice; when the default cannot be served the listener refuses every connection.
+    `unservable` maps certificate ARNs that cannot be served (no private key known, gone
+    from ACM, or refused by OpenSSL) to the reason. A listed certificate that cannot be
+    served is left out of the SNI choice; when the default cannot be served the listener
+    refuses every connection at its handshake, and stays bound on its address.
     """
 
     policy: SecurityPolicy
@@ -193,7 +216,8 @@ class ListenerTls:
     ) -> "ListenerTls":
         """Contexts for every servable certificate of `certificates` (ARN -> certificate).
 
-        `problems` maps ARNs that could not be loaded to the reason.
+        `problems` maps ARNs that could not be loaded to the reason; certificates without
+        a known key or that OpenSSL refuses join them in `unservable`.
         """
         unservable = dict(problems)
         contexts = {}
@@ -201,7 +225,11 @@ class ListenerTls:
             if not cert.has_key:
                 unservable[arn] = f"no private key is known for certificate {arn}"
                 continue
-            contexts[arn] = server_context(policy, cert, alpn)
+            try:
+                contexts[arn] = server_context(policy, cert, alpn)
+            except ssl.SSLError as exc:
+                # One certificate OpenSSL refuses must not take the listener's others down.
+                unservable[arn] = f"OpenSSL refuses certificate {arn}: {exc}"
         listed = tuple(
             cert for arn, cert in certificates.items() if arn != default_arn and arn in contexts
         )

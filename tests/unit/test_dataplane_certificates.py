@@ -1,5 +1,6 @@
 """The data plane's certificate choice by SNI, its TLS contexts, and what it reads from ACM."""
 
+import dataclasses
 import datetime
 import ssl
 from types import SimpleNamespace
@@ -22,6 +23,13 @@ from infra.sandbox.certificates import (
     split_pem,
     strip_appended,
 )
+from infra.sandbox.config import (
+    AccessLogSettings,
+    CertificateVersion,
+    Listener,
+    LoadBalancerConfig,
+)
+from infra.sandbox.dataplane import TlsBuilder
 from infra.sandbox.tls import ListenerTls, NoServableCertificate, alert_number, alpn_protocols
 from infra.sandbox.tls import _key_algorithms_offered  # the offer check, tested on its own
 
@@ -200,6 +208,118 @@ def test_ecdsa_suite_outside_the_policy_gets_the_rsa_match(default):
     offer = _hello("both.test", (_ECDHE_ECDSA_CHACHA20, _ECDHE_RSA_AES128_GCM), 0x0303)
     chosen = tls.choose(offer)[0]
     assert chosen == "arn:rsa", f"expected the RSA certificate the offer can use, got {chosen}"
+
+
+def _client(security_level=1, **versions):
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname, client.verify_mode = False, ssl.CERT_NONE
+    client.set_ciphers(f"DEFAULT:@SECLEVEL={security_level}")
+    for name, version in versions.items():
+        setattr(client, name, version)
+    return client
+
+
+def _negotiated(server_context, client_context):
+    """(protocol, cipher) a handshake over memory BIOs agrees on; raises its SSLError."""
+    s_in, s_out, c_in, c_out = (ssl.MemoryBIO() for _ in range(4))
+    server = server_context.wrap_bio(s_in, s_out, server_side=True)
+    client = client_context.wrap_bio(c_in, c_out, server_hostname="default.test")
+    for _ in range(6):
+        for side in (client, server):
+            try:
+                side.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+    return client.version(), client.cipher() and client.cipher()[0]
+
+
+@pytest.mark.parametrize("policy, versions, expected", [
+    ("ELBSecurityPolicy-FS-1-2-Res-2020-10", {}, ("TLSv1.2", "ECDHE-RSA-AES128-GCM-SHA256")),
+    ("ELBSecurityPolicy-TLS13-1-2-2021-06", {"maximum_version": ssl.TLSVersion.TLSv1_2},
+     ("TLSv1.2", "ECDHE-RSA-AES128-GCM-SHA256")),
+    ("ELBSecurityPolicy-TLS13-1-3-2021-06", {}, ("TLSv1.3", "TLS_AES_128_GCM_SHA256")),
+])
+def test_rsa_1024_certificate_is_served_under_modern_policies(policy, versions, expected):
+    # The NLB takes RSA 1024; OpenSSL's default security level refuses it (EE_KEY_TOO_SMALL).
+    small = _served("arn:1024", ["default.test"], bits=1024)
+    tls = ListenerTls.build(get_policy(policy), (), "arn:1024", {"arn:1024": small}, {})
+    assert tls.unservable == {}, f"expected RSA 1024 servable under {policy}: {tls.unservable}"
+    got = _negotiated(tls.contexts["arn:1024"], _client(**versions))
+    assert got == expected, f"{policy} with an RSA 1024 key: expected {expected}, got {got}"
+
+
+def test_security_level_stays_at_the_default_for_keys_that_need_no_less(default):
+    policy = get_policy("ELBSecurityPolicy-TLS13-1-2-2021-06")
+    tls = ListenerTls.build(policy, (), "arn:default", {"arn:default": default}, {})
+    level = tls.contexts["arn:default"].security_level
+    assert level == 2, f"an RSA 2048 certificate: expected OpenSSL's level 2, got {level}"
+
+
+def _with_foreign_key(cert):
+    other = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return dataclasses.replace(cert, key_pem=other)
+
+
+def test_certificate_openssl_refuses_is_left_out_and_the_listener_still_serves(default):
+    refused = _with_foreign_key(_served("arn:refused", ["sni.test"]))
+    tls = ListenerTls.build(get_policy("ELBSecurityPolicy-TLS13-1-2-2021-06"), (),
+                            "arn:default", {"arn:default": default, "arn:refused": refused}, {})
+    assert "OpenSSL refuses" in tls.unservable.get("arn:refused", ""), tls.unservable
+    arn, _ = tls.choose(_hello("sni.test"))
+    assert arn == "arn:default", f"expected the default instead of the refused match, got {arn}"
+
+
+def test_default_certificate_openssl_refuses_makes_the_listener_refuse_at_handshake(default):
+    refused = _with_foreign_key(default)
+    tls = ListenerTls.build(get_policy("ELBSecurityPolicy-2016-08"), (), "arn:default",
+                            {"arn:default": refused}, {})
+    with pytest.raises(NoServableCertificate, match="OpenSSL refuses"):
+        tls.choose(_hello(None))
+
+
+class _Source:
+    """A CertificateSource stand-in: ARN -> ServedCertificate."""
+
+    def __init__(self, certificates):
+        self.certificates = certificates
+
+    def load(self, arn):
+        return self.certificates[arn]
+
+
+def _config(policy, certificate_arns=()):
+    listener = Listener(
+        arn="arn:listener/1", port=443, protocol="TLS", ssl_policy=policy, alpn_policy=None,
+        default_certificate_arn="arn:default", certificate_arns=tuple(certificate_arns),
+        target_group_arn=None,
+    )
+    versions = tuple(CertificateVersion(arn, "1") for arn in ("arn:default",
+                                                                *certificate_arns))
+    return LoadBalancerConfig(
+        arn="arn:lb/1", name="lb", dns_name="lb.test", listeners=(listener,), target_groups=(),
+        access_logs=AccessLogSettings(False, "", ""), certificates=versions,
+    )
+
+
+def test_tls_builder_keeps_a_listener_with_a_refused_certificate(default):
+    refused = _with_foreign_key(_served("arn:refused", ["sni.test"]))
+    builder = TlsBuilder(_Source({"arn:default": default, "arn:refused": refused}))
+    built = builder.build(_config("ELBSecurityPolicy-2016-08", ["arn:refused"]))
+    assert "arn:listener/1" in built, "expected the listener built despite one refused certificate"
+    assert set(built["arn:listener/1"].contexts) == {"arn:default"}, built["arn:listener/1"]
+
+
+def test_tls_builder_keeps_the_previous_settings_when_a_change_cannot_be_served(default):
+    builder = TlsBuilder(_Source({"arn:default": default}))
+    before = builder.build(_config("ELBSecurityPolicy-2016-08"))["arn:listener/1"]
+    after = builder.build(_config("ELBSecurityPolicy-Unknown"))
+    assert after.get("arn:listener/1") is before, (
+        f"an unknown policy: expected the listener's previous TLS kept, got {after}")
 
 
 def test_alpn_policies_offer_the_nlb_lists():

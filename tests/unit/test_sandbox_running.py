@@ -16,6 +16,10 @@ import threading
 import time
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 
 from fixtures.tls_probe import HandshakeRefused, handshake
 from fixtures.tls_scan import compare, scan
@@ -307,6 +311,78 @@ def test_added_listener_certificate_is_served_by_sni(sandbox, api):
                                                Certificates=[{"CertificateArn": arn}])
     _eventually("the default certificate back for sni.sandbox.test", lambda: (
         _leaf_fingerprint(sandbox, 443, "sni.sandbox.test") == default))
+
+
+def _import_rsa_1024(api, name):
+    """A self-signed RSA 1024 certificate for `name` imported into ACM: the NLB serves RSA
+    1024, which certs.generate_chain does not make. Returns (ARN, leaf PEM)."""
+    key = rsa.generate_private_key(65537, 1024)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    leaf = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .sign(key, hashes.SHA256())
+    ).public_bytes(serialization.Encoding.PEM)
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    arn = api.acm.import_certificate(Certificate=leaf, PrivateKey=key_pem)["CertificateArn"]
+    return arn, leaf
+
+
+def _import_with_a_foreign_key(api, name):
+    """A certificate imported with a private key that is not its own: moto takes it, OpenSSL
+    refuses to load the pair. Returns its ARN."""
+    chain, other = certs.generate_chain([name]), certs.generate_chain([name])
+    return api.acm.import_certificate(Certificate=chain.leaf_pem, PrivateKey=other.key_pem,
+                                      CertificateChain=chain.chain_pem)["CertificateArn"]
+
+
+def test_rsa_1024_and_refused_certificates_keep_the_listener_on_its_address(sandbox, api,
+                                                                            caplog):
+    listener = _listener(sandbox, 443)["arn"]
+    address = sandbox.plane.addresses()[listener]
+
+    def same_address(what):
+        now = sandbox.plane.addresses().get(listener)
+        assert now == address, f"{what}: expected listener 443 still on {address}, got {now}"
+        return True
+
+    with open(sandbox.state["certificate"]["cert_file"], "rb") as leaf:
+        default = certs.public_key_fingerprint(leaf.read())
+    small_arn, small_leaf = _import_rsa_1024(api, "small.sandbox.test")
+    refused_arn = _import_with_a_foreign_key(api, "refused.sandbox.test")
+    # A TLS 1.2+ policy runs at OpenSSL's default security level, which refuses RSA 1024.
+    _set_policy(sandbox, api, 443, "ELBSecurityPolicy-TLS13-1-2-2021-06")
+    try:
+        api.elbv2.add_listener_certificates(ListenerArn=listener,
+                                            Certificates=[{"CertificateArn": small_arn}])
+        expected = certs.public_key_fingerprint(small_leaf)
+        _eventually("the RSA 1024 certificate served for small.sandbox.test", lambda: (
+            same_address("adding RSA 1024")
+            and _leaf_fingerprint(sandbox, 443, "small.sandbox.test") == expected))
+
+        api.elbv2.add_listener_certificates(ListenerArn=listener,
+                                            Certificates=[{"CertificateArn": refused_arn}])
+        _eventually("the refused certificate reported", lambda: same_address(
+            "adding a refused certificate") and any(
+            refused_arn in record.getMessage() and "cannot serve" in record.getMessage()
+            for record in caplog.records))
+        assert _leaf_fingerprint(sandbox, 443, "refused.sandbox.test") == default, (
+            "expected the default certificate in place of the refused one")
+        assert _leaf_fingerprint(sandbox, 443, "small.sandbox.test") == expected, (
+            "expected the RSA 1024 certificate still served beside the refused one")
+        _still_serving(sandbox)
+    finally:
+        api.elbv2.remove_listener_certificates(ListenerArn=listener, Certificates=[
+            {"CertificateArn": small_arn}, {"CertificateArn": refused_arn}])
+        _set_policy(sandbox, api, 443, DEFAULT_POLICY)
+    _eventually("the default certificate back for small.sandbox.test", lambda: (
+        _leaf_fingerprint(sandbox, 443, "small.sandbox.test") == default))
+    same_address("after removing both")
 
 
 def _health(api, group_arn) -> dict:
