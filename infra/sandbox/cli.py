@@ -12,10 +12,11 @@ from pathlib import Path
 
 from infra.cli import Interrupted, add_stack_options, stack_from_args
 
-from .routing import ALGORITHMS, FLOW_HASH
 from infra.waits import WaitTimeout
 
+from .health import DEFAULT_TIME_SCALE
 from .local_compute import BackendStartError
+from .routing import ALGORITHMS, FLOW_HASH
 from .run import Sandbox, SandboxOptions, SandboxStartError
 
 __all__ = ["register", "summary"]
@@ -55,9 +56,11 @@ def register(commands) -> None:
     parser.add_argument("--target-selection", choices=ALGORITHMS, default=FLOW_HASH,
                         help="how a connection's target is chosen (default flow_hash, as the "
                              "NLB does)")
-    parser.add_argument("--health-time-scale", type=_positive, default=0.05, metavar="FACTOR",
-                        help="multiply health-check intervals and timeouts by this "
-                             "(default 0.05: a 10 s interval is checked every 0.5 s)")
+    parser.add_argument("--health-time-scale", type=_positive, default=DEFAULT_TIME_SCALE,
+                        metavar="FACTOR",
+                        help="multiply health-check intervals and timeouts by this (default "
+                             f"{DEFAULT_TIME_SCALE:g}: a 10 s interval is checked every "
+                             f"{10 * DEFAULT_TIME_SCALE:g} s)")
     add_stack_options(parser)
     parser.set_defaults(handler=_cmd_sandbox)
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 __all__ = [
+    "DEFAULT_TIME_SCALE",
     "HealthCheckSettings",
     "HealthChecker",
     "HealthTable",
@@ -26,6 +27,10 @@ UNHEALTHY = "unhealthy"
 UNUSED = "unused"
 DRAINING = "draining"
 UNAVAILABLE = "unavailable"
+
+# The sandbox runs health checks this many times the target group's interval and timeout:
+# a 10 s interval is checked every 0.5 s, so a fresh sandbox turns healthy within a second.
+DEFAULT_TIME_SCALE = 0.05
 
 # However fast the sandbox runs the checks, it leaves a check this long to answer, and the
 # target this long between checks.
@@ -241,14 +246,14 @@ class _TargetCheck:
 class HealthChecker:
     """Runs every target's health check in the running asyncio loop and fills a HealthTable.
 
-    The sandbox runs each target group's interval and timeout times `time_scale` (0.1 by
-    default; no interval under 0.2 s, no timeout under 1 s): a 10 s interval with threshold
-    2 would otherwise keep a fresh sandbox in `initial` for 10 s. Deregistered targets stay
-    `draining` for `draining_seconds` instead of the group's deregistration delay, for the
-    same reason.
+    The sandbox runs each target group's interval and timeout times `time_scale`
+    (DEFAULT_TIME_SCALE unless told; no interval under 0.2 s, no timeout under 1 s): a 10 s
+    interval with threshold 2 would otherwise keep a fresh sandbox in `initial` for 10 s.
+    Deregistered targets stay `draining` for `draining_seconds` instead of the group's
+    deregistration delay, for the same reason.
     """
 
-    def __init__(self, table: HealthTable, *, time_scale: float = 0.1,
+    def __init__(self, table: HealthTable, *, time_scale: float = DEFAULT_TIME_SCALE,
                  draining_seconds: float = 2.0) -> None:
         self.table = table
         self.time_scale = time_scale

@@ -184,3 +184,22 @@ def test_describe_target_health_reports_the_table_per_port(moto_backends):
     assert [d["TargetHealth"]["State"] for d in plain] == ["healthy"], (
         "after uninstall expected moto's own answer (always healthy) back"
     )
+
+
+def test_checker_cli_and_sandbox_share_one_default_time_scale():
+    import argparse
+
+    from infra.sandbox import cli
+    from infra.sandbox.health import DEFAULT_TIME_SCALE
+    from infra.sandbox.run import SandboxOptions
+
+    commands = argparse.ArgumentParser().add_subparsers()
+    cli.register(commands)
+    parsed = commands.choices["sandbox"].parse_args(["--state-file", "s.json"])
+    defaults = {
+        "HealthChecker": HealthChecker(HealthTable()).time_scale,
+        "--health-time-scale": parsed.health_time_scale,
+        "SandboxOptions": SandboxOptions(state_file="s.json").health_time_scale,
+    }
+    assert set(defaults.values()) == {DEFAULT_TIME_SCALE}, (
+        f"expected every default to be {DEFAULT_TIME_SCALE}, got {defaults}")
