@@ -148,6 +148,12 @@ def _log_commands(state: dict, endpoint_url: str) -> list[str]:
     ]
 
 
+def _authority(host: str, port: int) -> str:
+    # openssl's -connect and curl's --connect-to split HOST:PORT at a colon, so an IPv6
+    # address goes in brackets (RFC 3986 section 3.2.2), as both tools accept.
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def summary(state: dict, endpoint_url: str, started_in: float, state_file: Path) -> str:
     """What a user can paste to try the sandbox: openssl, curl and listing the log objects."""
     certificate = state.get("certificate") or {}
@@ -162,14 +168,14 @@ def summary(state: dict, endpoint_url: str, started_in: float, state_file: Path)
     ]
     for listener in state["listeners"]:
         address = listener["address"]
-        host, port = address["host"], address["port"]
+        served = _authority(address["host"], address["port"])
         group = listener["target_group"]
         default_port = "" if listener["port"] == 443 else f":{listener['port']}"
         lines += [
             f"  listener {listener['protocol']} {listener['port']} ({listener['ssl_policy']}) "
-            f"-> {group['protocol']} target group {group['port']}: {host}:{port}",
-            f"    openssl s_client -connect {host}:{port} -servername {name}{ca_option}",
-            f"    curl {curl_ca}--connect-to {name}:{listener['port']}:{host}:{port} "
+            f"-> {group['protocol']} target group {group['port']}: {served}",
+            f"    openssl s_client -connect {served} -servername {name}{ca_option}",
+            f"    curl {curl_ca}--connect-to {name}:{listener['port']}:{served} "
             f"https://{name}{default_port}/",
         ]
     lines += _log_commands(state, endpoint_url)

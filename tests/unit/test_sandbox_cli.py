@@ -1,11 +1,13 @@
 """`python -m infra sandbox` as a new user runs it: the printed commands work, Ctrl-C ends it."""
 
+import contextlib
 import json
 import os
 import shlex
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -27,17 +29,16 @@ def _listening(host: str, port: int) -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
-def sandbox_process(tmp_path_factory):
-    """The sandbox started from the repository root with a 1 s log interval; yields
-    (process, state file, state, output file, seconds until ready)."""
-    directory = tmp_path_factory.mktemp("sandbox-cli")
+@contextlib.contextmanager
+def _running_sandbox(directory: Path, *options: str):
+    """`python -m infra sandbox` with `options`, started from the repository root; yields
+    (process, state file, state, output file, seconds until ready) and stops it after."""
     state_file, output = directory / "s.json", directory / "output.txt"
     started = time.monotonic()
     with open(output, "wb") as sink:
         process = subprocess.Popen(
             [sys.executable, "-m", "infra", "sandbox", "--state-file", str(state_file),
-             "--log-interval", "1"],
+             *options],
             cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
@@ -54,6 +55,23 @@ def sandbox_process(tmp_path_factory):
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+@pytest.fixture(scope="module")
+def sandbox_process(tmp_path_factory):
+    """The sandbox with a 1 s log interval; yields (process, state file, state, output file,
+    seconds until ready)."""
+    with _running_sandbox(tmp_path_factory.mktemp("sandbox-cli"), "--log-interval", "1") as run:
+        yield run
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
 
 
 def _wait_ready(process, state_file: Path, output: Path) -> dict:
@@ -88,6 +106,35 @@ def _printed(output: Path, start: str) -> list[list[str]]:
 def _run(command: list[str], stdin: str = "") -> subprocess.CompletedProcess:
     return subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=20,
                           cwd=ROOT)
+
+
+def _summary_for(host: str) -> list[list[str]]:
+    """The openssl and curl commands summary() prints for one listener served on `host`."""
+    from infra.sandbox.cli import summary
+
+    state = {
+        "name": "stack", "region": "eu-west-1", "account_id": "123456789012",
+        "certificate": {"domain": "nlb.test", "ca_bundle": "/tmp/ca.pem"},
+        "listeners": [{"port": 443, "protocol": "TLS", "ssl_policy": "ELBSecurityPolicy-2016-08",
+                       "address": {"host": host, "port": 40001},
+                       "target_group": {"protocol": "TCP", "port": 8080}}],
+    }
+    text = summary(state, "http://127.0.0.1:5000", 1.0, Path("s.json"))
+    return [shlex.split(line) for line in text.splitlines()
+            if line.strip().startswith(("openssl ", "curl "))]
+
+
+@pytest.mark.parametrize("host, connect", [("127.0.0.1", "127.0.0.1:40001"),
+                                           ("::1", "[::1]:40001")])
+def test_printed_commands_bracket_an_ipv6_address(host, connect):
+    openssl, curl = _summary_for(host)
+    expected_openssl = ["openssl", "s_client", "-connect", connect, "-servername", "nlb.test",
+                        "-CAfile", "/tmp/ca.pem"]
+    expected_curl = ["curl", "--cacert", "/tmp/ca.pem", "--connect-to",
+                     f"nlb.test:443:{connect}", "https://nlb.test/"]
+    assert (openssl, curl) == (expected_openssl, expected_curl), (
+        f"listener on {host}: expected {expected_openssl} and {expected_curl}, "
+        f"got {openssl} and {curl}")
 
 
 def test_state_file_says_local_with_endpoint_and_loopback_addresses(sandbox_process):
@@ -146,3 +193,69 @@ def test_sigint_flushes_tears_down_and_exits_zero(sandbox_process):
     assert not still, f"still accepting connections after stop: {still}"
     assert "Traceback" not in output.read_text(), output.read_text()
     assert not os.path.exists(str(state_file) + ".d"), "expected the run directory removed"
+
+
+# ---- a second sandbox: IPv6 loopback, round robin, ended by SIGTERM -------------------------
+
+@pytest.fixture(scope="module")
+def ipv6_round_robin_process(tmp_path_factory, sandbox_process):
+    """The sandbox on ::1 with round-robin target selection, started once the first one has
+    stopped (two at once would only compete for the machine's two cores)."""
+    if not _has_ipv6_loopback():
+        pytest.skip("this machine has no IPv6 loopback (::1) to serve on")
+    first = sandbox_process[0]
+    if first.poll() is None:
+        first.send_signal(signal.SIGINT)
+        first.wait(30)
+    with _running_sandbox(tmp_path_factory.mktemp("sandbox-ipv6"), "--listen-address", "::1",
+                          "--target-selection", "round_robin") as run:
+        yield run
+
+
+def _served_by(state: dict, port: int) -> int:
+    """Which target answered one GET through listener `port`: its listen port."""
+    listener = next(item for item in state["listeners"] if item["port"] == port)
+    address = (listener["address"]["host"], listener["address"]["port"])
+    name = state["certificate"]["domain"]
+    context = ssl.create_default_context(cafile=state["certificate"]["ca_bundle"])
+    request = (f"GET / HTTP/1.1\r\nHost: {name}\r\nAccept: application/json\r\n"
+               "Connection: close\r\n\r\n").encode()
+    with socket.create_connection(address, timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname=name) as tls:
+            tls.sendall(request)
+            answer = b""
+            while chunk := tls.recv(65536):
+                answer += chunk
+    return json.loads(answer.partition(b"\r\n\r\n")[2])["listen_port"]
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs the curl command")
+def test_listen_address_ipv6_serves_the_listeners_on_ipv6_loopback(ipv6_round_robin_process):
+    *_, state, output, _ = ipv6_round_robin_process
+    hosts = {item["address"]["host"] for item in state["listeners"]}
+    assert hosts == {"::1"}, f"expected every listener on ::1, got {hosts}"
+    tcp_path, tls_path = _printed(output, "curl ")
+    for command, title in ((tcp_path, "HTTP server"), (tls_path, "HTTPS server for TLS")):
+        answer = _run(command + ["-sS"])
+        assert f"<title>{title}</title>" in answer.stdout, (
+            f"expected the {title} page through {shlex.join(command)}, got "
+            f"{answer.stdout[:200]!r} {answer.stderr!r}")
+
+
+def test_round_robin_sends_consecutive_connections_to_each_target_in_turn(
+        ipv6_round_robin_process):
+    *_, state, _, _ = ipv6_round_robin_process
+    seen = [_served_by(state, 443) for _ in range(10)]
+    assert len(set(seen)) == 2 and all(a != b for a, b in zip(seen, seen[1:])), (
+        f"round robin over two targets: expected alternating ports, got {seen}")
+
+
+def test_sigterm_flushes_tears_down_and_exits_zero_like_sigint(ipv6_round_robin_process):
+    process, state_file, state, output, _ = ipv6_round_robin_process
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(30) == 0, f"exit status {process.returncode}:\n{output.read_text()}"
+    assert not state_file.exists(), "expected the state file removed"
+    assert "sandbox stopped; stack torn down" in output.read_text(), output.read_text()
+    addresses = [(item["address"]["host"], item["address"]["port"]) for item in state["listeners"]]
+    still = [address for address in addresses if _listening(*address)]
+    assert not still, f"still accepting connections after SIGTERM: {still}"
