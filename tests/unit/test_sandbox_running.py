@@ -10,6 +10,7 @@ import datetime
 import hashlib
 import json
 import logging
+import queue
 import socket
 import ssl
 import threading
@@ -28,6 +29,7 @@ from infra.access_logs import parse_object_key, read_log_object
 from infra.bucket_policy import delivery_policy
 from infra.policies import get_policy
 from infra.sandbox.run import Sandbox, SandboxOptions
+from infra.sandbox.tls import IDLE_TIMEOUT_SECONDS
 from infra.stack import Stack
 
 pytestmark = pytest.mark.unit
@@ -731,11 +733,13 @@ def _tls_to(sandbox, address, timeout=5.0, context=None):
 
 class MemoryTlsClient:
     """A TLS client over memory BIOs on a plain socket, so a TCP RST shows as itself
-    (ssl.SSLSocket reports a reset as an EOF unless told otherwise)."""
+    (ssl.SSLSocket reports a reset as an EOF unless told otherwise), and each side of a
+    half-close can be sent on its own. `server_side` makes it the server of the session."""
 
-    def __init__(self, sock, context, server_name):
+    def __init__(self, sock, context, server_name, server_side=False):
         self.sock, self.incoming, self.outgoing = sock, ssl.MemoryBIO(), ssl.MemoryBIO()
-        self.tls = context.wrap_bio(self.incoming, self.outgoing, server_hostname=server_name)
+        self.tls = context.wrap_bio(self.incoming, self.outgoing, server_side=server_side,
+                                    server_hostname=None if server_side else server_name)
         self.reset_on_send = False
         while True:
             try:
@@ -753,7 +757,7 @@ class MemoryTlsClient:
         self.incoming.write(data)
 
     def _send_pending(self):
-        # A reset that arrives while sending is reported by receive_until_end.
+        # A reset that arrives while sending is reported by receive().
         data = self.outgoing.read()
         try:
             if data:
@@ -766,18 +770,33 @@ class MemoryTlsClient:
         self.tls.write(data)
         self._send_pending()
 
-    def receive_until_end(self) -> tuple[bytes, str]:
-        """Plaintext until the connection ends, and how: `reset`, `eof` or `close_notify`."""
+    def close_notify(self) -> None:
+        """Finish sending with a close_notify alert, without waiting for the peer's."""
+        try:
+            self.tls.unwrap()
+        except ssl.SSLWantReadError:
+            pass  # the peer's close_notify has not come yet; reading goes on
+        self._send_pending()
+
+    def finish(self) -> None:
+        """Finish sending with a TCP FIN alone."""
+        self.sock.shutdown(socket.SHUT_WR)
+
+    def receive(self, until: bytes = b"") -> tuple[bytes, str]:
+        """Plaintext until `until` has come (then `open`) or the connection ends, and how:
+        `reset`, `eof` or `close_notify`."""
         received = b""
         if self.reset_on_send:
             return received, "reset"
-        while True:
+        while not (until and until in received):
             try:
                 chunk = self.tls.read(65536)
                 if not chunk:
                     return received, "close_notify"
                 received += chunk
                 continue
+            except ssl.SSLZeroReturnError:  # raised instead of b"" once we sent ours
+                return received, "close_notify"
             except ssl.SSLWantReadError:
                 pass
             try:
@@ -787,6 +806,39 @@ class MemoryTlsClient:
             if not data:
                 return received, "eof"
             self.incoming.write(data)
+        return received, "open"
+
+    def receive_until_end(self) -> tuple[bytes, str]:
+        """Plaintext until the connection ends, and how: `reset`, `eof` or `close_notify`."""
+        return self.receive()
+
+
+class PlainStream:
+    """A plain socket with MemoryTlsClient's verbs, for a plaintext target."""
+
+    def __init__(self, sock):
+        self.sock = sock
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def close_notify(self) -> None:
+        pass  # no TLS: the FIN alone finishes
+
+    def finish(self) -> None:
+        self.sock.shutdown(socket.SHUT_WR)
+
+    def receive(self, until: bytes = b"") -> tuple[bytes, str]:
+        received = b""
+        while not (until and until in received):
+            try:
+                data = self.sock.recv(65536)
+            except ConnectionResetError:
+                return received, "reset"
+            if not data:
+                return received, "eof"
+            received += data
+        return received, "open"
 
 
 def test_target_reset_mid_stream_resets_the_client(sandbox, logs, misbehaving):
@@ -815,6 +867,208 @@ def test_target_that_never_answers_holds_only_its_own_connection(sandbox, logs, 
         _still_serving(sandbox)
     entry = logs.entry_for(client_port)
     assert (entry.received_bytes, entry.sent_bytes) == (len(request), 0), entry.format()
+
+
+class HalfCloseTarget:
+    """A target on 127.0.0.1, plaintext or TLS (`context`), whose first line says what to do:
+
+    - `answer-at-eof`: read until the data plane finishes sending, then answer "answer to "
+      and what came after the line, and finish;
+    - `finish-first`: send GREETING and finish sending, then read until the data plane
+      finishes;
+    - `idle`: answer "ok" and read until the connection ends.
+
+    What each connection received after its first line, and how its reading ended, is put
+    on `results[mode]`. Health checks (connect, then close) come and go unrecorded.
+    """
+
+    GREETING = b"target here, and finished\n"
+    MODES = ("answer-at-eof", "finish-first", "idle")
+
+    def __init__(self, context=None):
+        self.context = context
+        self.results = {mode: queue.Queue() for mode in self.MODES}
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                connection, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
+
+    def _serve(self, connection):
+        with connection:
+            connection.settimeout(10)
+            try:
+                stream = (PlainStream(connection) if self.context is None
+                          else MemoryTlsClient(connection, self.context, None, server_side=True))
+                head, ended = stream.receive(until=b"\n")
+            except (OSError, ssl.SSLError):
+                return  # a health check, or a handshake cut short
+            mode, _, rest = head.partition(b"\n")
+            if ended != "open" or mode.decode() not in self.MODES:
+                return
+            self.results[mode.decode()].put(self._run(mode.decode(), stream, rest))
+
+    def _run(self, mode, stream, rest):
+        if mode == "finish-first":
+            stream.send(self.GREETING)
+            stream.close_notify()
+            stream.finish()
+        elif mode == "idle":
+            stream.send(b"ok\n")
+        more, ended = stream.receive()
+        if mode == "answer-at-eof" and ended != "reset":
+            stream.send(b"answer to " + rest + more)
+            stream.close_notify()
+            stream.finish()
+        return rest + more, ended
+
+    def result(self, mode, timeout=5.0):
+        """(what the target received after the mode line, how its reading ended)."""
+        try:
+            return self.results[mode].get(timeout=timeout)
+        except queue.Empty:
+            pytest.fail(f"the target recorded no {mode} connection within {timeout} s")
+
+    def close(self):
+        self.server.close()
+
+
+def _add_target_group(api, sandbox, name, protocol, port):
+    vpc = sandbox.state["network"]["vpc_id"]
+    group = api.elbv2.create_target_group(
+        Name=name, Protocol=protocol, Port=port, VpcId=vpc, TargetType="ip",
+        HealthCheckIntervalSeconds=10, HealthyThresholdCount=2,
+    )["TargetGroups"][0]["TargetGroupArn"]
+    api.elbv2.register_targets(TargetGroupArn=group, Targets=[{"Id": "127.0.0.1", "Port": port}])
+    return group
+
+
+@pytest.fixture(scope="module")
+def half_close_paths(sandbox, api, tmp_path_factory):
+    """Listener 13443 to a TCP target group and 14443 to a TLS target group, each holding
+    one HalfCloseTarget; yields {"tcp" | "tls": (listener address, target)}."""
+    files = certs.generate_chain(["target.test"]).write(tmp_path_factory.mktemp("target"))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(files.cert_file, files.key_file)
+    made = {}
+    for path, port, target in (("tcp", 13443, HalfCloseTarget()),
+                               ("tls", 14443, HalfCloseTarget(context))):
+        group = _add_target_group(api, sandbox, f"half-close-{path}", path.upper(), target.port)
+        listener = _add_listener(sandbox, api, port, group, sandbox.state["certificate"]["arn"])
+        _eventually(f"the {path} half-close target healthy", lambda: _health(api, group) == {
+            target.port: "healthy"}, deadline_s=5)
+        made[path] = (listener, group, target)
+    yield {path: (sandbox.plane.addresses()[listener], target)
+           for path, (listener, _, target) in made.items()}
+    for listener, group, target in made.values():
+        api.elbv2.delete_listener(ListenerArn=listener)
+        api.elbv2.delete_target_group(TargetGroupArn=group)
+        target.close()
+
+
+def _client_over(sandbox, address):
+    raw = socket.create_connection(address, timeout=5)
+    return raw, MemoryTlsClient(raw, _client_context(sandbox), _domain(sandbox))
+
+
+# The target's reading ends as the data plane passes the client's half-close on: a FIN to a
+# TCP target, close_notify (and a FIN) to a TLS target.
+_TARGET_SEES = {"tcp": "eof", "tls": "close_notify"}
+
+
+@pytest.mark.parametrize("path", ["tcp", "tls"])
+@pytest.mark.parametrize("half_close", ["fin", "close_notify"])
+def test_client_half_close_reaches_the_target_and_the_answer_still_comes_back(
+        sandbox, half_close_paths, path, half_close):
+    address, target = half_close_paths[path]
+    payload = f"request then {half_close}".encode()
+    raw, client = _client_over(sandbox, address)
+    with raw:
+        client.send(b"answer-at-eof\n" + payload)
+        # The target answers only once it has seen the client finish.
+        if half_close == "fin":
+            client.finish()
+        else:
+            client.close_notify()
+        answer, ended = client.receive()
+    got = (answer, ended, target.result("answer-at-eof"))
+    expected = (b"answer to " + payload, "close_notify", (payload, _TARGET_SEES[path]))
+    assert got == expected, f"{path} path, client {half_close}: expected {expected}, got {got}"
+
+
+@pytest.mark.parametrize("path", ["tcp", "tls"])
+def test_target_finishing_first_reaches_the_client_which_can_still_send(
+        sandbox, half_close_paths, path):
+    address, target = half_close_paths[path]
+    raw, client = _client_over(sandbox, address)
+    with raw:
+        client.send(b"finish-first\n")
+        greeting, ended = client.receive()
+        assert (greeting, ended) == (HalfCloseTarget.GREETING, "close_notify"), (
+            f"{path} path: expected the greeting then close_notify, got {greeting!r}, {ended}")
+        client.send(b"sent after the target finished")
+        client.close_notify()
+        got = target.result("finish-first")
+        try:
+            _read_until_closed(raw)  # both sides finished: the data plane closes
+        except socket.timeout:
+            pytest.fail(f"{path} path: both sides finished, yet the connection stayed open")
+    expected = (b"sent after the target finished", _TARGET_SEES[path])
+    assert got == expected, f"{path} path: the target expected {expected}, got {got}"
+
+
+def test_idle_connection_is_reset_on_both_sides_and_logged_with_its_duration(
+        sandbox, half_close_paths, logs):
+    address, target = half_close_paths["tcp"]
+    # Read when a handshake completes; 350 s as on the NLB unless changed.
+    idle_timeout, sandbox.plane.idle_timeout = sandbox.plane.idle_timeout, 1.0
+    try:
+        raw, client = _client_over(sandbox, address)
+        with raw:
+            client_port = raw.getsockname()[1]
+            client.send(b"idle\n")
+            assert client.receive(until=b"ok\n") == (b"ok\n", "open")
+            started = time.monotonic()
+            received, ended = client.receive()
+            idle = time.monotonic() - started
+    finally:
+        sandbox.plane.idle_timeout = idle_timeout
+    assert idle_timeout == IDLE_TIMEOUT_SECONDS, f"expected 350 s by default, got {idle_timeout}"
+    assert (received, ended) == (b"", "reset"), f"client: expected a reset, got {ended}"
+    assert 0.8 <= idle <= 3.0, f"expected the reset after the 1 s idle timeout, got {idle:.2f}"
+    assert target.result("idle")[1] == "reset", "target: expected a reset"
+    entry = logs.entry_for(client_port)
+    assert 1000 <= entry.connection_time <= 4000, (
+        f"expected the connection's duration (over 1 s of idleness), got {entry.format()}")
+    assert (entry.received_bytes, entry.sent_bytes) == (len(b"idle\n"), len(b"ok\n")), (
+        entry.format())
+
+
+def test_targets_failing_their_health_checks_still_get_traffic_fail_open(sandbox, api):
+    group = _group(sandbox, "tcp8080")
+    expected = {target["Port"] for target in group["targets"]}
+    # Bound but never listening: every health check to this port is refused.
+    with socket.socket() as nowhere:
+        nowhere.bind(("127.0.0.1", 0))
+        api.elbv2.modify_target_group(TargetGroupArn=group["arn"],
+                                      HealthCheckPort=str(nowhere.getsockname()[1]))
+        try:
+            _eventually("every target of tcp8080 unhealthy", lambda: set(
+                _health(api, group["arn"]).values()) == {"unhealthy"}, deadline_s=5)
+            seen = {_json(sandbox, 443)["listen_port"] for _ in range(16)}
+            assert seen == expected, (
+                f"no healthy target: expected fail open to {expected}, got {seen}")
+        finally:
+            api.elbv2.modify_target_group(TargetGroupArn=group["arn"],
+                                          HealthCheckPort="traffic-port")
+    _eventually("the targets healthy again", lambda: set(
+        _health(api, group["arn"]).values()) == {"healthy"}, deadline_s=5)
 
 
 def test_thousand_concurrent_connections_are_served_and_each_logged(sandbox, logs):
