@@ -6,6 +6,7 @@ cases stay quick. Tests that change the configuration put it back before they en
 last test stops the traffic and checks that no entry was lost.
 """
 
+import asyncio
 import datetime
 import hashlib
 import json
@@ -1071,28 +1072,75 @@ def test_targets_failing_their_health_checks_still_get_traffic_fail_open(sandbox
         _health(api, group["arn"]).values()) == {"healthy"}, deadline_s=5)
 
 
-def test_thousand_concurrent_connections_are_served_and_each_logged(sandbox, logs):
-    sockets = [_raw_connection(sandbox) for _ in range(1000)]
+async def _held_tls_sessions(sandbox, count: int, fresh):
+    """Open `count` TLS sessions to listener 443 at once and hold them; with all of them open
+    run `fresh()` in a thread, then send a GET on each. Returns (client ports, answers,
+    what fresh() returned)."""
+    address, name = _address(sandbox, 443), _domain(sandbox)
+    context = _client_context(sandbox)
+    request = (f"GET / HTTP/1.1\r\nHost: {name}\r\nAccept: application/json\r\n"
+               "Connection: close\r\n\r\n").encode()
+    sessions = await asyncio.gather(*(
+        asyncio.open_connection(*address, ssl=context, server_hostname=name)
+        for _ in range(count)))
+    ports = [writer.get_extra_info("sockname")[1] for _, writer in sessions]
+    fresh_result = await asyncio.to_thread(fresh)
+
+    async def ask(reader, writer):
+        writer.write(request)
+        answer = await reader.read()  # until the close that follows the answer
+        writer.close()
+        return answer
+
+    answers = await asyncio.gather(*(ask(reader, writer) for reader, writer in sessions))
+    return ports, answers, fresh_result
+
+
+def test_thousand_silent_connections_and_held_tls_sessions_are_served_and_logged(sandbox,
+                                                                                 logs):
+    # 1000 connections that never send a ClientHello, held open while 300 TLS sessions
+    # through the TCP path are open at once, then each asks for a page; a fresh connection
+    # is served in the middle of it. The 1 s handshake timeout is lifted meanwhile, so the
+    # 1000 stay open throughout.
+    started = time.monotonic()
+    handshake_timeout, sandbox.plane.handshake_timeout = sandbox.plane.handshake_timeout, 30.0
+    silent = []
+
+    def fresh():
+        status, _, payload, client_port, *_ = _request(sandbox, 443)
+        return client_port, status, json.loads(payload)["server"]
+
     try:
-        ports = [sock.getsockname()[1] for sock in sockets]
-        results = []
-        workers = [threading.Thread(target=lambda: results.append(_json(sandbox, 443)["server"]))
-                   for _ in range(10)]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join(30)
-        assert results == ["http"] * 10, f"with 1000 connections open, requests got {results}"
-        assert sandbox.plane.open_connections >= 1000
+        silent = [_raw_connection(sandbox) for _ in range(1000)]
+        silent_ports = [sock.getsockname()[1] for sock in silent]
+        _eventually("the 1000 silent connections accepted", lambda: (
+            sandbox.plane.open_connections >= 1000), deadline_s=5)
+        tls_ports, answers, (fresh_port, *fresh_answer) = asyncio.run(asyncio.wait_for(
+            _held_tls_sessions(sandbox, 300, fresh), timeout=20))
+        still_open = sandbox.plane.open_connections
     finally:
-        for sock in sockets:
+        sandbox.plane.handshake_timeout = handshake_timeout
+        for sock in silent:
             sock.close()
+    statuses = {answer.split(b" ", 2)[1] for answer in answers}
+    assert statuses == {b"200"} and len(answers) == 300, (
+        f"300 held TLS sessions: expected 300 answers of 200, got {len(answers)} with {statuses}")
+    assert fresh_answer == [200, "http"], (
+        f"a fresh connection meanwhile: expected 200 from http, got {fresh_answer}")
+    assert still_open >= 1000, f"expected the 1000 silent connections still open, got {still_open}"
+
+    wanted = silent_ports + tls_ports + [fresh_port]
 
     def all_logged():
         logs.refresh()
-        return all(logs.by_port(port) for port in ports)
+        return all(logs.by_port(port) for port in wanted)
 
-    _eventually("an entry for each of the 1000 connections", all_logged, 10.0, 0.5)
+    _eventually(f"an entry for each of the {len(wanted)} connections", all_logged, 10.0, 0.5)
+    tls_entries = [logs.by_port(port)[0] for port in tls_ports + [fresh_port]]
+    incomplete = [entry.format() for entry in tls_entries if entry.tls_cipher is None]
+    assert not incomplete, f"TLS sessions logged without their cipher: {incomplete[:3]}"
+    elapsed = time.monotonic() - started
+    assert elapsed < 10, f"expected the whole test within 10 s, took {elapsed:.1f} s"
 
 
 def test_deleted_listener_certificate_refuses_only_that_listener(sandbox, api, logs, caplog):
