@@ -113,7 +113,11 @@ def _cmd_sandbox(args) -> int:
             signal.signal(signum, lambda *_: stopping.set())
         print(summary(state, sandbox.endpoint_url, sandbox.started_in, args.state_file),
               flush=True)
-        stopping.wait()
+        # Wake up now and then: a signal the kernel delivers to another thread only runs
+        # its Python handler when the main thread next executes bytecode, and a wait
+        # without a timeout would never return to do so.
+        while not stopping.wait(0.5):
+            pass
         logger.info("stopping: flushing access logs and tearing the stack down")
         report = sandbox.stop()
     finally:

@@ -150,8 +150,8 @@ class DataPlane:
     the load balancer's `access_logs.s3.enabled` is true, with the bucket and prefix of
     that moment. A client that has not completed its handshake `handshake_timeout` seconds
     after connecting is disconnected, and one with no traffic either way for `idle_timeout`
-    seconds (350 on the NLB) is reset on both sides. Methods run in the event loop's thread unless they say
-    otherwise.
+    seconds (350 on the NLB) is reset on both sides. Methods run in the event loop's thread
+    unless they say otherwise.
     """
 
     def __init__(self, selector: TargetSelector, health: HealthChecker, deliver: Deliver,

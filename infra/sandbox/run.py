@@ -25,7 +25,7 @@ from infra.waits import Waits
 from .certificates import CertificateSource
 from .config import ConfigReader, ConfigWatcher, LoadBalancerConfig
 from .dataplane import DataPlane, TlsBuilder
-from .health import HealthChecker, HealthTable
+from .health import DEFAULT_TIME_SCALE, HealthChecker, HealthTable
 from .local_compute import LocalCompute
 from .log_delivery import LogDelivery
 from .proxy import HANDSHAKE_TIMEOUT_SECONDS
@@ -59,7 +59,7 @@ class SandboxOptions:
     log_interval: float = 300.0
     listen_address: str = "127.0.0.1"
     listener_ports_as_is: bool = False
-    health_time_scale: float = 0.05
+    health_time_scale: float = DEFAULT_TIME_SCALE
     target_selection: str = FLOW_HASH
     watch_interval: float = 1.0
     handshake_timeout: float = HANDSHAKE_TIMEOUT_SECONDS

@@ -104,9 +104,19 @@ def _suite_codes() -> dict[str, int]:
 _TLS13 = 0x0304
 
 
-def _offered(codes: set, ciphers) -> bool:
+@functools.lru_cache(maxsize=None)
+def _policy_suites(policy: SecurityPolicy) -> tuple[frozenset, dict[str, frozenset]]:
+    """The IANA codes of a policy's TLS 1.3 suites, and of its older suites per key
+    algorithm; computed once per policy, since every ClientHello is checked against them."""
     known = _suite_codes()
-    return any(known.get(cipher) in codes for cipher in ciphers)
+
+    def codes(ciphers) -> frozenset:
+        return frozenset(known[cipher] for cipher in ciphers if cipher in known)
+
+    legacy = set(policy.legacy_ciphers)
+    by_key = {algorithm: codes(legacy.intersection(ciphers_for_key(policy, algorithm)))
+              for algorithm in KEY_ALGORITHMS}
+    return codes(policy.tls13_ciphers), by_key
 
 
 def _key_algorithms_offered(hello, policy: SecurityPolicy):
@@ -115,17 +125,13 @@ def _key_algorithms_offered(hello, policy: SecurityPolicy):
     Only suites the policy accepts count: a suite outside it, the renegotiation SCSV or a
     GREASE value can never be negotiated, so it proves nothing about the client.
     """
+    tls13, by_key = _policy_suites(policy)
+    codes = set(hello.cipher_suites)
     # TLS 1.3 separates the suite from the certificate's key: a handshake that will be
     # TLS 1.3 can be served with either key.
-    codes = set(hello.cipher_suites)
-    if policy.has_tls13 and hello.max_version >= _TLS13 \
-            and _offered(codes, policy.tls13_ciphers):
+    if policy.has_tls13 and hello.max_version >= _TLS13 and not codes.isdisjoint(tls13):
         return lambda key_algorithm: True
-    legacy = set(policy.legacy_ciphers)
-    usable = {
-        algorithm: _offered(codes, legacy.intersection(ciphers_for_key(policy, algorithm)))
-        for algorithm in KEY_ALGORITHMS
-    }
+    usable = {algorithm: not codes.isdisjoint(suites) for algorithm, suites in by_key.items()}
     return lambda key_algorithm: usable.get(key_algorithm, False)
 
 
