@@ -3,7 +3,6 @@
 import boto3
 import pytest
 
-from fixtures.moto import moto_backends  # noqa: F401  (module-scoped mock_aws)
 from infra import certs
 from infra.sandbox.config import ConfigReader, ConfigWatcher
 

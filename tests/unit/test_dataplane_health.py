@@ -8,7 +8,6 @@ import threading
 import boto3
 import pytest
 
-from fixtures.moto import moto_backends  # noqa: F401  (module-scoped mock_aws)
 from infra.sandbox import moto_patch
 from infra.sandbox.config import Target
 from infra.sandbox.health import (
