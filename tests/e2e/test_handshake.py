@@ -5,10 +5,12 @@ import pytest
 from fixtures.checks import (
     check_chain,
     check_key,
+    check_listed_certificate,
     check_negotiated,
     check_served_certificate,
     check_verified,
     expected_negotiation,
+    trust_anchor,
 )
 from fixtures.expectations import certificate_expectation, default_client_ciphers
 from fixtures.sni import added_sni_certificate
@@ -89,18 +91,21 @@ def test_without_sni_the_default_certificate_is_served(tls_listener, traffic):
                              tls_listener.expectation.default_certificate, None)
 
 
-def test_each_listed_certificate_is_served_for_its_name(tls_listener, traffic):
+def test_each_listed_certificate_is_served_for_its_name_with_a_chain_that_verifies(
+    tls_listener, traffic
+):
     # The listener's own certificate list (describe_listener_certificates); the suite builds
-    # stacks with one SNI certificate beside the default.
+    # stacks with one SNI certificate beside the default. Each must come with its imported
+    # intermediates and verify against its own CA bundle (else the stack's).
     listed = tls_listener.expectation.sni_certificates
     if not listed:
         pytest.skip(f"listener {tls_listener.port} has no certificate besides the default "
                     "(describe_listener_certificates)")
     host, port = tls_listener.address
     for certificate in listed:
-        got = handshake(host, port, certificate.server_name, ca_bundle=None)
-        check_served_certificate(got.leaf_fingerprint, got.chain[0].subject, certificate,
-                                 certificate.server_name)
+        bundle, trust = trust_anchor(certificate, traffic.ca_bundle)
+        got = handshake(host, port, certificate.server_name, ca_bundle=bundle)
+        check_listed_certificate(got, certificate, trust)
 
 
 def test_sni_selects_an_added_certificate_and_no_sni_keeps_the_default(
