@@ -244,7 +244,8 @@ class ConfigReader:
 
 
 class ConfigWatcher:
-    """Polls the configuration about every `interval` seconds in a thread of its own.
+    """Polls the configuration in a thread of its own: at once after `notify()`, and at
+    least every `interval` seconds.
 
     `on_change(config)` runs in the watcher's thread for the first read and after every
     read that differs from the one before; it must hand work to the data plane's loop
@@ -258,6 +259,7 @@ class ConfigWatcher:
         self._on_change = on_change
         self.interval = interval
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._failing = False
         self.current: Optional[LoadBalancerConfig] = None
@@ -288,14 +290,24 @@ class ConfigWatcher:
         self._thread = threading.Thread(target=self._run, name="config-watcher", daemon=True)
         self._thread.start()
 
+    def notify(self) -> None:
+        """Poll now (or right after the poll under way): something may have changed.
+
+        Safe from any thread; the sandbox's moto server calls it after each request that
+        is not a read (infra/sandbox/control_plane.py)."""
+        self._wake.set()
+
     def _run(self) -> None:
         while not self._stop.is_set():
             started = time.monotonic()
+            self._wake.clear()  # a notify() from here on polls again after this poll
             self.poll()
-            self._stop.wait(max(0.05, self.interval - (time.monotonic() - started)))
+            self._wake.wait(max(0.0, self.interval - (time.monotonic() - started)))
+            self._stop.wait(0.02)  # a burst of changes is read in one poll, not one each
 
     def stop(self) -> None:
         """Stop polling and wait for the thread."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)

@@ -25,6 +25,7 @@ from infra.waits import Waits
 
 from .certificates import CertificateSource
 from .config import ConfigReader, ConfigWatcher, LoadBalancerConfig
+from .control_plane import ControlPlaneServer
 from .dataplane import DataPlane, TlsBuilder
 from .health import DEFAULT_TIME_SCALE, HealthChecker, HealthTable
 from .local_compute import LocalCompute
@@ -62,7 +63,7 @@ class SandboxOptions:
     listener_ports_as_is: bool = False
     health_time_scale: float = DEFAULT_TIME_SCALE
     target_selection: str = FLOW_HASH
-    watch_interval: float = 1.0
+    watch_interval: float = 5.0
     handshake_timeout: float = HANDSHAKE_TIMEOUT_SECONDS
     idle_timeout: float = IDLE_TIMEOUT_SECONDS
 
@@ -89,17 +90,6 @@ class _Loop:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
         self.loop.close()
-
-
-def _start_moto():
-    from moto.server import ThreadedMotoServer
-
-    # Werkzeug logs every request to stderr, whatever moto's `verbose` says.
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    return server, f"http://{host}:{port}"
 
 
 class Sandbox:
@@ -154,7 +144,8 @@ class Sandbox:
         started = time.monotonic()
         try:
             self.compute.launch(self.stack, self.options.state_file)
-            self._server, self.endpoint_url = _start_moto()
+            self._server = ControlPlaneServer().start()
+            self.endpoint_url = self._server.url
             from . import moto_patch  # imports moto's ELBv2 and EC2 models: a second or two
 
             self._uninstall = moto_patch.install(self.health_table)
@@ -201,6 +192,7 @@ class Sandbox:
         # Poll fast while the stack is being built, so the listeners' health checks start
         # as soon as the listeners exist; `watch_interval` once it is up.
         self.watcher = ConfigWatcher(reader, self._apply, interval=0.1)
+        self._server.notify_to(self.watcher.notify)
         self.watcher.start()
 
     def _apply(self, config: LoadBalancerConfig) -> None:

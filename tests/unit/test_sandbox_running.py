@@ -64,11 +64,13 @@ def errors():
 
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory, errors):
-    """A running sandbox: the default stack, logs every 0.5 s, configuration read every 0.5 s,
-    handshakes time out at 1 s, health checks 50 times faster than the groups say."""
+    """A running sandbox: the default stack, logs every 0.5 s, handshakes time out at 1 s,
+    health checks 50 times faster than the groups say. The configuration's regular poll is
+    a minute apart, so every change a test makes is applied by the moto server's notice
+    that a request changed something."""
     state_file = tmp_path_factory.mktemp("sandbox") / "state.json"
     options = SandboxOptions(state_file=state_file, log_interval=0.5, handshake_timeout=1.0,
-                             health_time_scale=0.02, watch_interval=0.5)
+                             health_time_scale=0.02, watch_interval=60.0)
     running = Sandbox(Stack(), options)
     running.start()
     yield running
