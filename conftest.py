@@ -3,6 +3,10 @@ accident."""
 
 import pytest
 
+# The unit tests of the e2e plugin run pytest sessions of their own; pytest allows
+# pytest_plugins only in the root conftest.
+pytest_plugins = ["pytester"]
+
 TARGET_MARKERS = ("unit", "e2e")
 
 
