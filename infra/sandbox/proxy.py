@@ -16,7 +16,7 @@ from ._sockets import reset_transport, tune
 from .client_hello import NeedMoreData, NotAClientHello, parse_client_hello
 from .config import Target
 from .records import ConnectionFacts
-from .target_leg import TargetConnection
+from .target_leg import RECORD_SIZE, TargetConnection
 from .tls import NoServableCertificate, alert_number
 
 __all__ = ["ClientConnection", "HANDSHAKE_TIMEOUT_SECONDS"]
@@ -25,7 +25,6 @@ logger = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT_SECONDS = 10.0
 TARGET_CONNECT_TIMEOUT_SECONDS = 10.0
-_READ_SIZE = 256 * 1024
 _HELLO, _HANDSHAKE, _OPEN, _CLOSED = "hello", "handshake", "open", "closed"
 
 
@@ -199,21 +198,34 @@ class ClientConnection(asyncio.Protocol):
     # ---- plaintext from the client to the target ------------------------------------------
 
     def _read_plaintext(self) -> None:
-        while not self._client_done:
-            try:
-                data = self._tls.read(_READ_SIZE)
-            except ssl.SSLWantReadError:
-                return
-            except ssl.SSLZeroReturnError:
-                data = b""
-            if not data:  # close_notify: the client has finished sending
-                self._client_finished()
-                return
-            self._facts.received += len(data)
-            if self._target is not None and self._target.ready:
-                self._target.send(data)
-            else:
-                self._pending.append(data)
+        # What has arrived is decrypted record by record and passed on in one piece.
+        received = bytearray()
+        try:
+            while not self._client_done:
+                try:
+                    data = self._tls.read(RECORD_SIZE)
+                except ssl.SSLWantReadError:
+                    return
+                except ssl.SSLZeroReturnError:
+                    data = b""
+                if not data:  # close_notify: the client has finished sending
+                    self._to_target(received)
+                    self._client_finished()
+                    return
+                received += data
+        finally:
+            self._to_target(received)
+
+    def _to_target(self, received: bytearray) -> None:
+        if not received:
+            return
+        data = bytes(received)
+        received.clear()
+        self._facts.received += len(data)
+        if self._target is not None and self._target.ready:
+            self._target.send(data)
+        else:
+            self._pending.append(data)
 
     def _client_finished(self) -> None:
         if self._client_done:

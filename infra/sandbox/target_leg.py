@@ -18,7 +18,9 @@ __all__ = ["TargetConnection"]
 
 logger = logging.getLogger(__name__)
 
-_READ_SIZE = 256 * 1024
+# SSLObject.read returns at most one TLS record's plaintext (16 KiB) a call; asking for more
+# only makes it allocate a larger buffer to shrink.
+RECORD_SIZE = 16 * 1024
 
 
 class TargetConnection(asyncio.Protocol):
@@ -161,14 +163,27 @@ class TargetConnection(asyncio.Protocol):
         self._flush()
 
     def _read(self) -> None:
-        while not self._finished:
-            try:
-                data = self._tls.read(_READ_SIZE)
-            except ssl.SSLZeroReturnError:
-                data = b""
-            if not data:
-                self._done_sending()
-                return
+        # Everything decrypted from what has arrived goes to the client in one piece: one
+        # TLS write and one send, rather than one of each per 16 KiB record.
+        received = bytearray()
+        try:
+            while not self._finished:
+                try:
+                    data = self._tls.read(RECORD_SIZE)
+                except ssl.SSLZeroReturnError:
+                    data = b""
+                if not data:
+                    self._pass_on(received)
+                    self._done_sending()
+                    return
+                received += data
+        finally:
+            self._pass_on(received)
+
+    def _pass_on(self, received: bytearray) -> None:
+        if received:
+            data = bytes(received)
+            received.clear()
             self._client.from_target(data)
 
     def _done_sending(self) -> None:
