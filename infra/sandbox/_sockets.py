@@ -1,20 +1,14 @@
-"""Socket options the data plane sets on both legs of a connection."""
+"""Closing a data-plane connection with a TCP reset, as the NLB does on a failed target."""
+
+# TCP_NODELAY needs nothing here: uvloop (like asyncio's own loop) sets it on every TCP
+# transport it makes, so short answers never wait for Nagle's algorithm.
 
 import asyncio
 import socket
 import struct
 from typing import Optional
 
-__all__ = ["reset_transport", "tune"]
-
-
-def tune(transport: asyncio.BaseTransport) -> None:
-    """Set TCP_NODELAY on a transport's TCP socket."""
-    # asyncio sets TCP_NODELAY only on sockets it creates itself; without it short answers
-    # wait for Nagle's algorithm (a 40 ms delay per request/response turn).
-    sock = transport.get_extra_info("socket")
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+__all__ = ["reset_transport"]
 
 
 def reset_transport(transport: Optional[asyncio.BaseTransport]) -> None:

@@ -12,7 +12,7 @@ import ssl
 import time
 from typing import Optional
 
-from ._sockets import reset_transport, tune
+from ._sockets import reset_transport
 from .client_hello import NeedMoreData, NotAClientHello, parse_client_hello
 from .config import Target
 from .records import ConnectionFacts
@@ -61,7 +61,6 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self._transport = transport
-        tune(transport)
         self._facts.client = _address(transport.get_extra_info("peername"))
         self._facts.destination = _address(transport.get_extra_info("sockname"))
         loop = asyncio.get_running_loop()

@@ -12,7 +12,7 @@ import ssl
 import time
 from typing import Optional
 
-from ._sockets import reset_transport, tune
+from ._sockets import reset_transport
 
 __all__ = ["TargetConnection"]
 
@@ -47,7 +47,6 @@ class TargetConnection(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self._transport = transport
-        tune(transport)
         self._client.target_made(self)
         if self._closing:
             return
