@@ -4,7 +4,6 @@ import json
 
 import pytest
 
-from fixtures.moto import moto_backends, test_chain_files  # noqa: F401
 from infra.aws import Clients
 from infra.bucket_policy import DELIVERY_PRINCIPAL, allows_delivery, delivery_policy
 from infra.network import Ec2Compute

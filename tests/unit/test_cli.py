@@ -11,10 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.moto import (  # noqa: F401  (fixtures)
-    FAKE_CREDENTIALS, REGION, clients, inventory, module_clients, moto_backends, moto_server,
-    tagged_resources,
-)
+from fixtures.moto import FAKE_CREDENTIALS, REGION, inventory, tagged_resources
 from infra.aws import ALLOWED_ACCOUNTS_ENV, Clients
 from infra.cli import (
     STEP_DELAY_ENV, SWEEP_FOUND_STATUS, add_stack_options, main, parse_duration, stack_from_args,

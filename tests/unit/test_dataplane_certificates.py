@@ -11,7 +11,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from fixtures.moto import moto_backends  # noqa: F401  (module-scoped mock_aws)
 from infra import certs
 from infra.policies import get_policy
 from infra.sandbox.certificates import (

@@ -10,10 +10,7 @@ import stat
 
 import pytest
 
-from fixtures.moto import (  # noqa: F401  (fixtures)
-    REGION, clients, fake_answer, module_clients, moto_backends, tagged_resources,
-    test_chain_files,
-)
+from fixtures.moto import REGION, fake_answer, tagged_resources
 from infra import certs
 from infra.bucket_policy import allows_delivery, delivery_policy
 from infra.keystore import KeyStore

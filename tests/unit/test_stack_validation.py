@@ -10,9 +10,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from fixtures.moto import (  # noqa: F401  (fixtures)
-    calls, clients, module_clients, moto_backends, test_chain_files,
-)
 from infra import certs
 from infra.bucket_policy import delivery_policy
 from infra.network import Ec2Compute

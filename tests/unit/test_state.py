@@ -6,9 +6,7 @@ import os
 
 import pytest
 
-from fixtures.moto import (  # noqa: F401  (fixtures)
-    clients, is_mutating, module_clients, moto_backends, test_chain_files,
-)
+from fixtures.moto import is_mutating
 from infra.network import Ec2Compute
 from infra.provision import build
 from infra.stack import Certificate, Network, Stack

@@ -5,10 +5,7 @@ import os
 
 import pytest
 
-from fixtures.moto import (  # noqa: F401  (fixtures)
-    clients, inventory, module_clients, moto_backends, tagged_resources,
-    test_chain_files,
-)
+from fixtures.moto import inventory, tagged_resources
 from infra.aws import Clients
 from infra.network import Ec2Compute
 from infra.provision import build

@@ -8,9 +8,8 @@ import time
 import pytest
 from botocore.exceptions import ClientError
 
-from fixtures.moto import (  # noqa: F401  (fixtures)
-    REGION, FailCalls, clients, fail_nth_mutating_call, inventory,
-    is_mutating, module_clients, moto_backends, tagged_resources, test_chain_files,
+from fixtures.moto import (
+    REGION, FailCalls, fail_nth_mutating_call, inventory, is_mutating, tagged_resources,
 )
 from infra.compute import Compute
 from infra.network import Ec2Compute

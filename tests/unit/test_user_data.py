@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.moto import calls, clients, module_clients, moto_backends  # noqa: F401
 from infra import user_data
 from infra.network import Ec2Compute
 from infra.provision import build
