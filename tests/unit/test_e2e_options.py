@@ -85,12 +85,30 @@ def test_report_naming_an_existing_file_is_a_usage_error(pytester, tmp_path):
     )
 
 
-def test_under_xdist_the_suite_refuses_to_run(pytester, monkeypatch):
-    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")
-    output = _refused(pytester)
-    assert "refuses pytest-xdist" in output and "run without -n" in output, (
+@pytest.mark.parametrize("selection", [(), ("-m", "e2e"), ("-m", "unit or e2e"),
+                                       ("-m", "not unit")])
+def test_under_xdist_the_e2e_tests_refuse_to_run(pytester, selection):
+    output = _refused(pytester, "-n", "2", *selection)
+    assert "refuse pytest-xdist" in output and "-m unit -n 4" in output, (
         f"expected the xdist refusal saying what to do, got:\n{output}"
     )
+
+
+@pytest.mark.parametrize("selection", ["unit", "not e2e", "unit and not e2e"])
+def test_under_xdist_the_unit_tests_alone_may_run(pytester, monkeypatch, selection):
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the workers import fixtures.e2e too
+    pytester.makepyfile(test_alone="""
+        import pytest
+
+        @pytest.mark.unit
+        def test_unit():
+            pass
+    """)
+    pytester.makeini("[pytest]\nmarkers =\n    unit: u\n    e2e: e\n")
+    result = pytester.runpytest_subprocess("-p", "fixtures.e2e", "-p", "no:cacheprovider",
+                                           "-n", "2", "-m", selection)
+    output = result.stdout.str() + result.stderr.str()
+    assert result.ret == pytest.ExitCode.OK and "1 passed" in output, output
 
 
 def test_sigterm_during_the_session_runs_the_finalizers_as_sigint_would(pytester, monkeypatch):

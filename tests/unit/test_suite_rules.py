@@ -63,18 +63,27 @@ def test_a_mistyped_marker_fails_collection(tmp_path):
     assert done.returncode != 0 and "'unti' not found in `markers`" in output, output
 
 
-def fake_checkout(directory: Path, pytest_status: int) -> Path:
-    """A copy of .ci/run in DIRECTORY/.ci, beside an .ci/install that makes a `.venv/bin/python`
-    whose `-m pytest` exits with PYTEST_STATUS (nothing is installed)."""
+def fake_checkout(directory: Path, unit_status: int, e2e_status: int) -> Path:
+    """Copies of .ci/run and .ci/test in DIRECTORY/.ci, beside an .ci/install that makes a
+    `.venv/bin/python` whose `-m pytest -m unit ...` exits UNIT_STATUS and whose
+    `-m pytest -m e2e` exits E2E_STATUS, logging each call (nothing is installed)."""
     ci = directory / ".ci"
     ci.mkdir()
-    shutil.copy(ROOT / ".ci" / "run", ci / "run")
+    for name in ("run", "test"):
+        shutil.copy(ROOT / ".ci" / name, ci / name)
     (ci / "install").write_text(textwrap.dedent(f"""\
         #!/usr/bin/env bash
         set -e
         mkdir -p .venv/bin
-        printf '#!/bin/sh\\necho "pytest $*"\\nexit {pytest_status}\\n' > .venv/bin/python
-        chmod +x .venv/bin/python .ci/install
+        cat > .venv/bin/python <<'SHIM'
+        #!/bin/sh
+        echo "pytest $*" >> calls.log
+        case "$*" in
+          *"-m unit"*) exit {unit_status} ;;
+          *) exit {e2e_status} ;;
+        esac
+        SHIM
+        chmod +x .venv/bin/python
     """))
     (ci / "install").chmod(0o755)
     (directory / ".venv").mkdir()
@@ -82,15 +91,25 @@ def fake_checkout(directory: Path, pytest_status: int) -> Path:
     return ci / "run"
 
 
-@pytest.mark.parametrize(("pytest_status", "expected"), [(0, 0), (1, 1), (2, 2), (5, 1)])
-def test_ci_run_fails_when_a_test_failed_or_none_ran(tmp_path, pytest_status, expected):
-    script = fake_checkout(tmp_path, pytest_status)
+@pytest.mark.parametrize(("unit_status", "e2e_status", "expected", "calls"), [
+    (0, 0, 0, 2),
+    (1, 0, 1, 1),  # the e2e suite does not run after a unit failure
+    (0, 1, 1, 2),
+    (2, 0, 2, 1),
+    (5, 0, 1, 1),  # no unit test ran
+    (0, 5, 1, 2),  # no e2e test ran
+])
+def test_ci_run_fails_when_a_test_failed_or_none_ran(tmp_path, unit_status, e2e_status,
+                                                    expected, calls):
+    script = fake_checkout(tmp_path, unit_status, e2e_status)
     done = subprocess.run(["bash", str(script)], cwd=tmp_path, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == expected, (
-        f"pytest exit {pytest_status}: expected .ci/run to exit {expected}, got "
-        f"{done.returncode}\n{done.stdout}{done.stderr}")
-    assert "pytest -m pytest" in done.stdout, "the README's test command did not run"
+        f"unit exit {unit_status}, e2e exit {e2e_status}: expected .ci/run to exit "
+        f"{expected}, got {done.returncode}\n{done.stdout}{done.stderr}")
+    logged = (tmp_path / "calls.log").read_text().splitlines()
+    assert logged[:calls] == ["pytest -m pytest -m unit -n 4", "pytest -m pytest -m e2e"][:calls]
+    assert len(logged) == calls, logged
     assert not (tmp_path / ".venv" / "stale").exists(), ".ci/run must start from a fresh venv"
-    if pytest_status == 5:
+    if unit_status == 5 or (unit_status == 0 and e2e_status == 5):
         assert "no test ran" in done.stderr, done.stderr
