@@ -1,13 +1,16 @@
-"""Wall time of the unit suite and of the local end-to-end suite, each run as `pytest -m ...`.
+"""Wall time of the unit suite and of the local end-to-end suite, each run as .ci/test runs it.
 
 Usage, from the repository root:
 
-    .venv/bin/python bench/suite_speed.py [--repeat N] [-- EXTRA PYTEST ARGS]
+    .venv/bin/python bench/suite_speed.py [--repeat N] [--suite unit|unit-serial|e2e]
+        [-- EXTRA PYTEST ARGS]
 
-Each suite runs in a subprocess exactly as a user would run it (the e2e one starts and
-stops its sandbox), one after the other, never in parallel: both share the machine's two
-cores with everything else. The table shows each run's wall time, the best and the budget
-(30 s for the unit suite, 60 s for the local e2e suite, sandbox start and stop included).
+Each suite runs in a subprocess exactly as a user would run it: `unit` as `pytest -m unit
+-n 4` (pytest-xdist, as .ci/test does), `unit-serial` as plain `pytest -m unit`, `e2e` as
+`pytest -m e2e` (it starts and stops its sandbox). They run one after the other, never in
+parallel: they share the machine's two cores with everything else. The table shows each
+run's wall time, the best and the budget (30 s for the unit suite, 60 s for the local e2e
+suite, sandbox start and stop included). Default: `unit` and `e2e`.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BUDGETS = {"unit": 30.0, "e2e": 60.0}
+BUDGETS = {"unit": 30.0, "unit-serial": 30.0, "e2e": 60.0}
+SELECTIONS = {"unit": ["-m", "unit", "-n", "4"], "unit-serial": ["-m", "unit"],
+              "e2e": ["-m", "e2e"]}
 
 
 @dataclass(frozen=True)
@@ -37,9 +42,9 @@ class Run:
 
 
 def run_suite(suite: str, extra: list[str]) -> Run:
-    """Run `pytest -m SUITE -q` from the repository root and time it."""
-    command = [sys.executable, "-m", "pytest", "-m", suite, "-q", "-p", "no:cacheprovider",
-               *extra]
+    """Run the SUITE's pytest command (SELECTIONS) from the repository root and time it."""
+    command = [sys.executable, "-m", "pytest", *SELECTIONS[suite], "-q", "-p",
+               "no:cacheprovider", *extra]
     started = time.monotonic()
     done = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           stdin=subprocess.DEVNULL, check=False)
