@@ -14,7 +14,11 @@ from pathlib import Path
 import pytest
 
 from fixtures.e2e_stack import stack_from_state
-from fixtures.expectations import certificate_expectation, listener_expectation
+from fixtures.expectations import (
+    certificate_expectation,
+    listener_expectation,
+    target_key_algorithm,
+)
 from fixtures.log_poller import LogPoller
 from fixtures.sni import added_sni_certificate
 from infra import cli
@@ -97,8 +101,13 @@ def drive_real_account_paths(state_path: Path, recorder: CallRecorder, tmp: Path
     stack = stack_from_state(state, state_path, "built")
     for listener in state["listeners"]:
         if listener["protocol"] == "TLS":
-            listener_expectation(stack.clients, stack.load_balancer_arn, listener["port"],
-                                 offline=False, state=state)
+            expectation = listener_expectation(stack.clients, stack.load_balancer_arn,
+                                               listener["port"], offline=False, state=state)
+            group = expectation.target_group
+            if group.protocol == "TLS":  # the backend leg's key type, read from user data
+                health = stack.clients.elbv2.describe_target_health(TargetGroupArn=group.arn)
+                target = health["TargetHealthDescriptions"][0]["Target"]
+                target_key_algorithm(stack.clients, group, target["Id"], target["Port"])
     first = next(l for l in state["listeners"] if l["protocol"] == "TLS")
     name = f"sni.{state['certificate']['domain']}"
     with added_sni_certificate(stack, first["arn"], name, "RSA_2048", tmp / "sni") as added:
