@@ -13,7 +13,7 @@ from infra.policies import UnknownPolicyError, get_policy
 from .certificates import CertificateGone, CertificateMaterialError, CertificateSource
 from .config import Listener, LoadBalancerConfig, TargetGroup
 from .health import HealthChecker
-from .proxy import HANDSHAKE_TIMEOUT_SECONDS, ClientConnection
+from .proxy import HANDSHAKE_TIMEOUT_SECONDS, TARGET_CONNECT_TIMEOUT_SECONDS, ClientConnection
 from .records import ClosedConnection
 from .routing import TargetSelector
 from .tls import (
@@ -150,16 +150,19 @@ class DataPlane:
     the load balancer's `access_logs.s3.enabled` is true, with the bucket and prefix of
     that moment. A client that has not completed its handshake `handshake_timeout` seconds
     after connecting is disconnected, and one with no traffic either way for `idle_timeout`
-    seconds (350 on the NLB) is reset on both sides. Methods run in the event loop's thread
-    unless they say otherwise.
+    seconds (350 on the NLB) is reset on both sides; a target that does not take the TCP
+    connection within `target_connect_timeout` seconds gets the client reset. Methods run in
+    the event loop's thread unless they say otherwise.
     """
 
     def __init__(self, selector: TargetSelector, health: HealthChecker, deliver: Deliver,
                  *, host: str = "127.0.0.1", listener_ports_as_is: bool = False,
                  handshake_timeout: float = HANDSHAKE_TIMEOUT_SECONDS,
-                 idle_timeout: float = IDLE_TIMEOUT_SECONDS) -> None:
+                 idle_timeout: float = IDLE_TIMEOUT_SECONDS,
+                 target_connect_timeout: float = TARGET_CONNECT_TIMEOUT_SECONDS) -> None:
         self.handshake_timeout = handshake_timeout
         self.idle_timeout = idle_timeout
+        self.target_connect_timeout = target_connect_timeout
         self._selector = selector
         self._health = health
         self._deliver = deliver

@@ -101,10 +101,9 @@ class LogDelivery:
         self._lock = threading.Lock()  # guards _pending
         self._flush_lock = threading.Lock()  # one flush at a time
         self._pending: dict[_Batch, list[AccessLogEntry]] = defaultdict(list)
-        # Batches whose bucket, prefix and ARN were found good -> their `elb` field; one
-        # entry per window and destination. Two threads racing on a new batch only check
-        # it twice.
-        self._checked: dict[_Batch, str] = {}
+        # (load balancer ARN, bucket, prefix) found good -> the load balancer's `elb` field.
+        # Two threads racing on a new destination only check it twice.
+        self._checked: dict[tuple, str] = {}
         self._next_flush = self._following_slot(clock())
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -119,13 +118,14 @@ class LogDelivery:
         containing AWSLogs, or with a leading or trailing /).
         """
         batch = _Batch(load_balancer_arn, bucket, prefix or "", window_end(entry.time))
-        expected_elb = self._checked.get(batch)
-        if expected_elb is None:  # a new batch: check its destination once, not per entry
+        destination = (load_balancer_arn, bucket, prefix)
+        expected_elb = self._checked.get(destination)
+        if expected_elb is None:  # checked once per destination, not per entry
             if not isinstance(bucket, str) or not bucket:
                 raise ValueError(f"bucket {bucket!r}: expected the name of the log bucket")
             expected_elb = load_balancer_resource(load_balancer_arn).elb
             self._key(batch, "check")  # refuses a bad prefix now, not at flush time
-            self._checked[batch] = expected_elb
+            self._checked[destination] = expected_elb
         if entry.elb != expected_elb:
             raise InvalidEntryError(
                 f"entry elb {entry.elb!r} does not name load balancer {load_balancer_arn}; "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import threading
@@ -157,11 +156,6 @@ class Sandbox:
             self.stop()
             raise
         self.watcher.interval = self.options.watch_interval
-        # moto's models, botocore's service descriptions and the stack make a heap of
-        # millions of objects that live as long as the process. Moving them out of the
-        # collector's reach keeps each full collection from walking all of them while the
-        # data plane serves (up to a tenth of its CPU under a stream of new connections).
-        gc.freeze()
         self.started_in = time.monotonic() - started
         logger.info("sandbox up in %.1f s", self.started_in)
         return self.state

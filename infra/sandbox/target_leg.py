@@ -14,13 +14,20 @@ from typing import Optional
 
 from ._sockets import reset_transport
 
-__all__ = ["TargetConnection"]
+__all__ = ["RECORD_SIZE", "TargetConnection", "joined"]
 
 logger = logging.getLogger(__name__)
 
 # SSLObject.read returns at most one TLS record's plaintext (16 KiB) a call; asking for more
 # only makes it allocate a larger buffer to shrink.
 RECORD_SIZE = 16 * 1024
+
+
+def joined(records: list[bytes]) -> bytes:
+    """The records as one bytes object, and the list emptied; a lone record is not copied."""
+    data = records[0] if len(records) == 1 else b"".join(records)
+    records.clear()
+    return data
 
 
 class TargetConnection(asyncio.Protocol):
@@ -164,7 +171,7 @@ class TargetConnection(asyncio.Protocol):
     def _read(self) -> None:
         # Everything decrypted from what has arrived goes to the client in one piece: one
         # TLS write and one send, rather than one of each per 16 KiB record.
-        received = bytearray()
+        records: list[bytes] = []
         try:
             while not self._finished:
                 try:
@@ -172,18 +179,16 @@ class TargetConnection(asyncio.Protocol):
                 except ssl.SSLZeroReturnError:
                     data = b""
                 if not data:
-                    self._pass_on(received)
+                    self._pass_on(records)
                     self._done_sending()
                     return
-                received += data
+                records.append(data)
         finally:
-            self._pass_on(received)
+            self._pass_on(records)
 
-    def _pass_on(self, received: bytearray) -> None:
-        if received:
-            data = bytes(received)
-            received.clear()
-            self._client.from_target(data)
+    def _pass_on(self, records: list[bytes]) -> None:
+        if records:
+            self._client.from_target(joined(records))
 
     def _done_sending(self) -> None:
         if not self._finished:

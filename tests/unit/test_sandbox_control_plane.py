@@ -72,39 +72,41 @@ def _default_vpc(url: str) -> str:
 
 
 class _CountingReader:
+    """A ConfigReader stand-in: returns `version`, and sets `polled[n]` at its n-th read."""
+
     def __init__(self) -> None:
-        self.reads = []
+        self.reads = 0
         self.version = 0
+        self.polled = [threading.Event() for _ in range(4)]
 
     def read(self):
-        self.reads.append(time.monotonic())
+        if self.reads < len(self.polled):
+            self.polled[self.reads].set()
+        self.reads += 1
         return self.version
 
 
 def test_notify_polls_at_once_however_long_the_interval():
     reader = _CountingReader()
     seen = []
-    first = threading.Event()
-    watcher = ConfigWatcher(reader, lambda config: (seen.append(config), first.set()),
-                            interval=600.0)
+    watcher = ConfigWatcher(reader, seen.append, interval=600.0)
     watcher.start()
     try:
-        assert first.wait(5), "the first poll did not run"
+        assert reader.polled[0].wait(5), "the first poll did not run"
         reader.version = 1
         watcher.notify()
-        deadline = time.monotonic() + 2.0
-        while seen[-1] != 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        # Without the notice the next poll would come after 600 s.
+        assert reader.polled[1].wait(10), "notify() did not make the watcher poll"
     finally:
         watcher.stop()
-    # Without the notice the next poll would come after 600 s.
-    assert seen == [0, 1], f"expected the change read within 2 s of notify(), got {seen}"
+    assert seen == [0, 1], f"expected the first read and the change after notify(), got {seen}"
 
 
 def test_without_notice_the_regular_poll_still_comes():
     reader = _CountingReader()
     watcher = ConfigWatcher(reader, lambda config: None, interval=0.2)
     watcher.start()
-    time.sleep(1.0)
-    watcher.stop()
-    assert len(reader.reads) >= 2, f"expected polls every 0.2 s, got {len(reader.reads)} in 1 s"
+    try:
+        assert reader.polled[2].wait(10), f"expected a poll every 0.2 s; {reader.reads} so far"
+    finally:
+        watcher.stop()
