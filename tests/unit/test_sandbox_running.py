@@ -1142,7 +1142,6 @@ def test_thousand_silent_connections_and_held_tls_sessions_are_served_and_logged
     # through the TCP path are open at once, then each asks for a page; a fresh connection
     # is served in the middle of it. The 1 s handshake timeout is lifted meanwhile, so the
     # 1000 stay open throughout.
-    started = time.monotonic()
     handshake_timeout, sandbox.plane.handshake_timeout = sandbox.plane.handshake_timeout, 30.0
     silent = []
 
