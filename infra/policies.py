@@ -5,7 +5,7 @@ import logging
 import ssl
 import warnings
 from dataclasses import dataclass
-from typing import Dict, Iterable, Mapping, Tuple
+from typing import Dict, Iterable, Mapping, Optional, Tuple
 
 from infra._openssl import set_tls13_ciphersuites
 
@@ -22,8 +22,10 @@ __all__ = [
     "ciphers_for_key",
     "configure_context",
     "get_policy",
+    "OpenSslSuite",
     "offerable_ciphers",
     "openssl_cipher_string",
+    "openssl_suites",
     "policy_from_api",
     "protocol_range",
     "tls13_ciphersuites",
@@ -222,11 +224,14 @@ def _needs_security_level_0(policy: SecurityPolicy, ciphers: Iterable[str]) -> b
     return legacy_protocol or any(cipher.endswith("-SHA") for cipher in ciphers)
 
 
-def _cipher_string(policy: SecurityPolicy, ciphers: Tuple[str, ...]) -> str:
-    if not ciphers:
+def _cipher_string(policy: SecurityPolicy, ciphers: Tuple[str, ...],
+                   max_security_level: Optional[int] = None) -> str:
+    level = 0 if _needs_security_level_0(policy, ciphers) else max_security_level
+    if not ciphers and level is None:
         return ""
-    level = ":@SECLEVEL=0" if _needs_security_level_0(policy, ciphers) else ""
-    return ":".join(ciphers) + level
+    # A TLS 1.3-only policy negotiates nothing from this list; only its level matters then.
+    listed = ":".join(ciphers) or "DEFAULT"
+    return listed + (f":@SECLEVEL={level}" if level is not None else "")
 
 
 def openssl_cipher_string(policy: SecurityPolicy) -> str:
@@ -243,20 +248,40 @@ def tls13_ciphersuites(policy: SecurityPolicy) -> str:
     return ":".join(policy.tls13_ciphers)
 
 
+@dataclass(frozen=True)
+class OpenSslSuite:
+    """A suite the OpenSSL behind the ssl module can negotiate: its IANA code (what a
+    ClientHello lists) and the lowest protocol version that defines it."""
+
+    code: int
+    lowest_protocol: str
+
+
 @functools.lru_cache(maxsize=None)
-def offerable_ciphers() -> frozenset:
-    """Every cipher name the OpenSSL behind the ssl module can negotiate, at any level."""
+def openssl_suites() -> Mapping[str, OpenSslSuite]:
+    """Every suite the OpenSSL behind the ssl module can negotiate, at any security level,
+    by OpenSSL name."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.set_ciphers("ALL:COMPLEMENTOFALL:@SECLEVEL=0")
-    return frozenset(cipher["name"] for cipher in context.get_ciphers())
+    # get_ciphers()' id is OpenSSL's 0x0300XXXX form; XXXX is the IANA code.
+    return {cipher["name"]: OpenSslSuite(cipher["id"] & 0xFFFF, cipher["protocol"])
+            for cipher in context.get_ciphers()}
 
 
-def configure_context(ctx: ssl.SSLContext, policy: SecurityPolicy, *, server: bool) -> None:
+def offerable_ciphers() -> frozenset:
+    """Every cipher name the OpenSSL behind the ssl module can negotiate, at any level."""
+    return frozenset(openssl_suites())
+
+
+def configure_context(ctx: ssl.SSLContext, policy: SecurityPolicy, *, server: bool,
+                      max_security_level: Optional[int] = None) -> None:
     """Make ctx accept exactly policy's protocols and ciphers, in its priority order.
 
     Sets the version range, the TLS 1.2-and-older ciphers, the TLS 1.3 suites and, for a
     server, OP_CIPHER_SERVER_PREFERENCE. Ciphers this OpenSSL cannot offer (DES-CBC3-SHA in
-    builds without 3DES) are left out with a debug log line.
+    builds without 3DES) are left out with a debug log line. OpenSSL's security level is 0
+    when the policy needs it (TLS 1.0/1.1, SHA-1 suites), else at most `max_security_level`
+    when one is given, else OpenSSL's default.
     """
     offerable = offerable_ciphers()
     missing = [cipher for cipher in policy.ciphers if cipher not in offerable]
@@ -270,8 +295,9 @@ def configure_context(ctx: ssl.SSLContext, policy: SecurityPolicy, *, server: bo
         # has to reproduce what a listener accepts.
         warnings.filterwarnings("ignore", message="ssl.TLSVersion", category=DeprecationWarning)
         ctx.minimum_version, ctx.maximum_version = lowest, highest
-    if legacy:
-        ctx.set_ciphers(_cipher_string(policy, legacy))
+    cipher_string = _cipher_string(policy, legacy, max_security_level)
+    if cipher_string:
+        ctx.set_ciphers(cipher_string)
     set_tls13_ciphersuites(ctx, ":".join(c for c in policy.tls13_ciphers if c in offerable))
     if server:
         ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE

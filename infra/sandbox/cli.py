@@ -12,8 +12,8 @@ import threading
 from pathlib import Path
 
 from infra.cli import Interrupted, add_stack_options, stack_from_args
-
 from infra.waits import WaitTimeout
+from servers._http import host_port  # HOST:PORT, an IPv6 host in brackets (RFC 3986)
 
 from .health import DEFAULT_TIME_SCALE
 from .local_compute import BackendStartError
@@ -160,12 +160,6 @@ def _log_commands(state: dict, endpoint_url: str) -> list[str]:
     ]
 
 
-def _authority(host: str, port: int) -> str:
-    # openssl's -connect and curl's --connect-to split HOST:PORT at a colon, so an IPv6
-    # address goes in brackets (RFC 3986 section 3.2.2), as both tools accept.
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def summary(state: dict, endpoint_url: str, started_in: float, state_file: Path) -> str:
     """What a user can paste to try the sandbox: openssl, curl and listing the log objects."""
     certificate = state.get("certificate") or {}
@@ -180,7 +174,7 @@ def summary(state: dict, endpoint_url: str, started_in: float, state_file: Path)
     ]
     for listener in state["listeners"]:
         address = listener["address"]
-        served = _authority(address["host"], address["port"])
+        served = host_port(address["host"], address["port"])
         group = listener["target_group"]
         default_port = "" if listener["port"] == 443 else f":{listener['port']}"
         lines += [

@@ -17,7 +17,7 @@ from infra.policies import (
     backend_policy,
     ciphers_for_key,
     configure_context,
-    offerable_ciphers,
+    openssl_suites,
 )
 
 from .certificates import ServedCertificate, select_certificate
@@ -91,16 +91,6 @@ def alert_number(error: ssl.SSLError) -> Optional[int]:
     return member.value if member is not None else None
 
 
-@functools.lru_cache(maxsize=None)
-def _suite_codes() -> dict[str, int]:
-    """IANA code of every suite this OpenSSL can negotiate, by OpenSSL name: a ClientHello
-    lists codes, a policy names. A suite OpenSSL lacks cannot be negotiated, so never counts."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.set_ciphers("ALL:COMPLEMENTOFALL:@SECLEVEL=0")
-    # get_ciphers()' id is OpenSSL's 0x0300XXXX form; XXXX is the IANA code.
-    return {cipher["name"]: cipher["id"] & 0xFFFF for cipher in context.get_ciphers()}
-
-
 _TLS13 = 0x0304
 
 
@@ -108,10 +98,10 @@ _TLS13 = 0x0304
 def _policy_suites(policy: SecurityPolicy) -> tuple[frozenset, dict[str, frozenset]]:
     """The IANA codes of a policy's TLS 1.3 suites, and of its older suites per key
     algorithm; computed once per policy, since every ClientHello is checked against them."""
-    known = _suite_codes()
+    known = openssl_suites()
 
     def codes(ciphers) -> frozenset:
-        return frozenset(known[cipher] for cipher in ciphers if cipher in known)
+        return frozenset(known[cipher].code for cipher in ciphers if cipher in known)
 
     legacy = set(policy.legacy_ciphers)
     by_key = {algorithm: codes(legacy.intersection(ciphers_for_key(policy, algorithm)))
@@ -150,19 +140,10 @@ def _load_chain(context: ssl.SSLContext, cert: ServedCertificate) -> None:
 
 
 # OpenSSL's default security level (2) refuses an RSA key under 2048 bits when the chain is
-# loaded (EE_KEY_TOO_SMALL), yet the NLB serves RSA 1024 certificates. Level 1 admits
-# them; a context the policy already put at level 0 (TLS 1.0/1.1, SHA-1 suites) stays there.
+# loaded (EE_KEY_TOO_SMALL), yet the NLB serves RSA 1024 certificates: their contexts run at
+# level 1 at most (a policy with TLS 1.0/1.1 or SHA-1 suites puts its contexts at 0 anyway).
 _MIN_RSA_BITS_AT_DEFAULT_LEVEL = 2048
-_SMALL_KEY_LEVEL = 1
-
-
-def _admit_small_rsa_key(context: ssl.SSLContext, policy: SecurityPolicy) -> None:
-    if context.security_level <= _SMALL_KEY_LEVEL:
-        return
-    # The level travels in the TLS 1.2 cipher string; set the same list again with it. A
-    # TLS 1.3-only policy never negotiates from that list, so OpenSSL's default stands in.
-    legacy = [cipher for cipher in policy.legacy_ciphers if cipher in offerable_ciphers()]
-    context.set_ciphers(":".join(legacy or ["DEFAULT"]) + f":@SECLEVEL={_SMALL_KEY_LEVEL}")
+_SMALL_RSA_KEY_LEVEL = 1
 
 
 def server_context(
@@ -173,9 +154,9 @@ def server_context(
     Raises ssl.SSLError when OpenSSL refuses the certificate or its key.
     """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    configure_context(context, policy, server=True)
-    if cert.key_algorithm == "RSA" and cert.key_bits < _MIN_RSA_BITS_AT_DEFAULT_LEVEL:
-        _admit_small_rsa_key(context, policy)
+    small_rsa = cert.key_algorithm == "RSA" and cert.key_bits < _MIN_RSA_BITS_AT_DEFAULT_LEVEL
+    configure_context(context, policy, server=True,
+                      max_security_level=_SMALL_RSA_KEY_LEVEL if small_rsa else None)
     # TLS listeners support no renegotiation; tickets stay on as on the NLB.
     context.options |= ssl.OP_NO_RENEGOTIATION
     _load_chain(context, cert)
