@@ -3,7 +3,6 @@ leaves nothing after a build that failed at any point."""
 
 import json
 import os
-import time
 
 import pytest
 from botocore.exceptions import ClientError
@@ -231,7 +230,6 @@ def test_an_error_transient_on_another_type_fails_at_once(operation, code, make,
     resource = make(clients, test_chain_files)
     fault = FailCalls(operation, code)
     clients.register("before-call", fault)
-    started = time.monotonic()
 
     report = teardown(_state([{"type": kind, "id": resource}]), clients, settings=QUICK,
                       sleep=lambda s: pytest.fail(f"{code} on {kind} must not be retried"))
@@ -239,7 +237,6 @@ def test_an_error_transient_on_another_type_fails_at_once(operation, code, make,
     assert [(x.type, x.id) for x in report.left] == [(kind, resource)], report.describe()
     assert code in report.left[0].reason, f"expected {code} in {report.left[0].reason!r}"
     assert fault.seen == 1, f"expected one try, got {fault.seen}"
-    assert time.monotonic() - started < 2
     clients.unregister("before-call", fault)
     assert teardown(_state([{"type": kind, "id": resource}]), clients, settings=QUICK).ok
 
@@ -332,12 +329,11 @@ def test_a_transient_error_past_its_deadline_leaves_the_resource(clients, test_c
     arn = _certificate(clients, test_chain_files)
     fault = FailCalls("DeleteCertificate", "ResourceInUseException")
     clients.register("before-call", fault)
-    started = time.monotonic()
 
     report = teardown(_state([{"type": "acm-certificate", "id": arn}]), clients,
                       settings=TeardownSettings(retry_deadline_s=0.3, poll_s=0.01))
 
-    assert 0.3 <= time.monotonic() - started < 3
+    assert fault.seen > 1, f"expected the transient error retried, got {fault.seen} try"
     assert [x.id for x in report.left] == [arn]
     assert "ResourceInUseException" in report.left[0].reason
     clients.unregister("before-call", fault)
