@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping
 
 import boto3
@@ -15,6 +16,7 @@ __all__ = [
     "Clients",
     "new_session",
     "AccountNotAllowedError",
+    "AccountIdError",
     "ALLOWED_ACCOUNTS_ENV",
     "allowed_accounts",
     "check_account",
@@ -23,6 +25,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ALLOWED_ACCOUNTS_ENV = "NLB_TLS_SUITE_ALLOWED_ACCOUNTS"
+_ACCOUNT_ID = re.compile(r"[0-9]{12}")
 
 # Standard retry mode retries throttling and transient 5xx answers with backoff; ten attempts
 # ride out the bursts of DescribeTargetHealth and DeleteCertificate calls the waits make.
@@ -43,6 +46,11 @@ def new_session() -> boto3.session.Session:
 
 class AccountNotAllowedError(RuntimeError):
     """The credentials belong to an account that is not on the allow-list (or none was given)."""
+
+
+class AccountIdError(ValueError):
+    """An allow-list value (--aws-account or the environment variable) that is not 12-digit
+    account ids."""
 
 
 class Clients:
@@ -115,15 +123,29 @@ class Clients:
     sts = property(lambda self: self.client("sts"))
 
 
-def allowed_accounts(given: Iterable[str] = (), environ: Mapping[str, str] = os.environ):
+def allowed_accounts(given: Iterable[str] = (),
+                     environ: Mapping[str, str] = os.environ) -> tuple[str, ...]:
     """The account allow-list: values given on the command line, else the environment variable.
 
-    Each value may hold several ids separated by commas or spaces.
+    Each value may hold several ids separated by commas or spaces. Raises AccountIdError,
+    naming the value and where it came from, when one holds anything but 12-digit ids (or,
+    given on the command line, nothing at all). An unset or blank variable is no list.
     """
-    values = list(given) or [environ.get(ALLOWED_ACCOUNTS_ENV, "")]
+    given = list(given)
+    if given:
+        sources = [(f"--aws-account {value!r}", value) for value in given]
+    else:
+        value = environ.get(ALLOWED_ACCOUNTS_ENV, "")
+        sources = [(f"{ALLOWED_ACCOUNTS_ENV}={value!r}", value)] if value.strip() else []
     ids = []
-    for value in values:
-        ids.extend(part for part in value.replace(",", " ").split() if part)
+    for source, value in sources:
+        parts = value.replace(",", " ").split()
+        if not parts or not all(_ACCOUNT_ID.fullmatch(part) for part in parts):
+            raise AccountIdError(
+                f"{source}: expected a 12-digit AWS account id (several may be given, "
+                "separated by commas or spaces)"
+            )
+        ids.extend(parts)
     return tuple(ids)
 
 

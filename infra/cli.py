@@ -12,7 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-from infra.aws import AccountNotAllowedError, Clients, allowed_accounts, check_account
+from infra.aws import (
+    AccountIdError, AccountNotAllowedError, Clients, allowed_accounts, check_account,
+)
 from infra.interrupts import Interrupted, handling_signals
 from infra.network import Ec2Compute
 from infra.provision import build
@@ -166,8 +168,9 @@ def _cmd_up(args) -> int:
     stack = stack_from_args(args)
     # Offline first: a bad choice is reported without any call to AWS, even the account check.
     validate(stack)
+    allowed = allowed_accounts(args.aws_account)
     clients = Clients(stack.region, args.endpoint_url)
-    check_account(clients, allowed_accounts(args.aws_account))
+    check_account(clients, allowed)
     waits = _waits(args)
     try:
         with handling_signals():
@@ -239,8 +242,9 @@ SWEEP_FOUND_STATUS = 3
 
 
 def _cmd_sweep(args) -> int:
+    allowed = allowed_accounts(args.aws_account)
     clients = Clients(args.region or _default_region(), args.endpoint_url)
-    check_account(clients, allowed_accounts(args.aws_account))
+    check_account(clients, allowed)
     report = sweep(clients, args.older_than, yes=args.yes)
     for run in report.old:
         age = f"{run.age_s / 3600:.1f} h" if run.age_s is not None else "unknown age"
@@ -306,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("botocore").setLevel(logging.WARNING)
     try:
         return args.handler(args)
-    except (StackConfigError, StateFileError, AccountNotAllowedError,
+    except (StackConfigError, StateFileError, AccountIdError, AccountNotAllowedError,
             AccountMismatchError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -257,6 +257,47 @@ def test_up_with_half_of_a_certificate_import_names_the_missing_option(
     assert not (tmp_path / "s.json").exists()
 
 
+def _command(name: str, tmp_path) -> list[str]:
+    """`up`, `down` or `sweep` with what each needs short of an allow-list (down: a state
+    file of a stack against AWS, so the allow-list is read)."""
+    if name == "down":
+        state_file = tmp_path / "s.json"
+        write_state(state_file, {"run_id": "r1", "region": REGION, "endpoint_url": None,
+                                 "account_id": "123456789012", "resources": []})
+        return ["down", "--state-file", str(state_file)]
+    if name == "up":
+        return ["up", "--state-file", str(tmp_path / "s.json"), "--region", REGION]
+    return ["sweep", "--region", REGION]
+
+
+@pytest.mark.parametrize("command", ["up", "down", "sweep"])
+def test_an_aws_account_that_is_not_12_digits_is_refused_before_any_aws_call(
+        command, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv(ALLOWED_ACCOUNTS_ENV, raising=False)
+    _no_aws_calls(monkeypatch)
+
+    status = main([*_command(command, tmp_path), "--aws-account", "foo"])
+
+    err = capsys.readouterr().err
+    assert (status, "--aws-account 'foo'" in err, "12-digit AWS account id" in err) == (
+        2, True, True), f"expected exit 2 naming 'foo' and what is accepted, got {status}: {err}"
+
+
+@pytest.mark.parametrize("command", ["up", "down", "sweep"])
+def test_an_allow_list_variable_that_is_not_12_digit_ids_is_refused_before_any_aws_call(
+        command, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(ALLOWED_ACCOUNTS_ENV, "123456789012,12345")
+    _no_aws_calls(monkeypatch)
+
+    status = main(_command(command, tmp_path))
+
+    err = capsys.readouterr().err
+    named = f"{ALLOWED_ACCOUNTS_ENV}='123456789012,12345'"
+    assert (status, named in err, "12-digit AWS account id" in err) == (2, True, True), (
+        f"expected exit 2 naming {named} and what is accepted, got {status}: {err}"
+    )
+
+
 def _tagged_group(clients, stack: Stack, name: str = "a") -> str:
     vpc = clients.ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])
     return clients.ec2.create_security_group(

@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from fixtures.e2e_stack import ROOT
+from infra.aws import ALLOWED_ACCOUNTS_ENV
 
 pytestmark = pytest.mark.unit
 
@@ -65,6 +66,17 @@ def test_a_bad_option_value_is_a_usage_error_naming_it(pytester, arguments, name
     assert named in output and accepted in output, (
         f"expected the error for {arguments} to name {named} and say {accepted!r}, got:\n"
         f"{output}"
+    )
+
+
+def test_an_allow_list_variable_that_is_not_12_digit_ids_is_a_usage_error_on_aws(
+    pytester, monkeypatch
+):
+    monkeypatch.setenv(ALLOWED_ACCOUNTS_ENV, "acct-prod")
+    output = _refused(pytester, "--target", "aws")
+    named = f"{ALLOWED_ACCOUNTS_ENV}='acct-prod'"
+    assert named in output and "12-digit AWS account id" in output, (
+        f"expected the error to name {named} and say what is accepted, got:\n{output}"
     )
 
 
