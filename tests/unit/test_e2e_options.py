@@ -123,6 +123,16 @@ def test_under_xdist_the_unit_tests_alone_may_run(pytester, monkeypatch, selecti
     assert result.ret == pytest.ExitCode.OK and "1 passed" in output, output
 
 
+def test_under_xdist_a_bad_mark_expression_is_pytests_usage_error(pytester):
+    # Left to the workers, the parse error reaches xdist 3.8's controller as an INTERNALERROR
+    # traceback, with or without this plugin; the plugin reports it before workers start.
+    output = _refused(pytester, "-n", "2", "-m", "unit and")
+    expected = "Wrong expression passed to '-m': unit and: at column 9"
+    assert expected in output and "INTERNALERROR" not in output, (
+        f"expected pytest's usage error {expected!r} and no traceback, got:\n{output}"
+    )
+
+
 def test_sigterm_during_the_session_runs_the_finalizers_as_sigint_would(pytester, monkeypatch):
     # pytest runs finalizers on KeyboardInterrupt only; a SIGTERM left at its default kills
     # the process with the stack still up.
