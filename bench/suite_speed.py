@@ -6,7 +6,7 @@ Usage, from the repository root:
         [-- EXTRA PYTEST ARGS]
 
 Each suite runs in a subprocess exactly as a user would run it: `unit` as `pytest -m unit
--n 4` (pytest-xdist, as .ci/test does), `unit-serial` as plain `pytest -m unit`, `e2e` as
+-n 4 --dist loadfile` (pytest-xdist, as .ci/test does), `unit-serial` as plain `pytest -m unit`, `e2e` as
 `pytest -m e2e` (it starts and stops its sandbox). They run one after the other, never in
 parallel: they share the machine's two cores with everything else. The table shows each
 run's wall time, the best and the budget (30 s for the unit suite, 60 s for the local e2e
@@ -26,8 +26,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BUDGETS = {"unit": 30.0, "unit-serial": 30.0, "e2e": 60.0}
-SELECTIONS = {"unit": ["-m", "unit", "-n", "4"], "unit-serial": ["-m", "unit"],
-              "e2e": ["-m", "e2e"]}
+SELECTIONS = {"unit": ["-m", "unit", "-n", "4", "--dist", "loadfile"],
+              "unit-serial": ["-m", "unit"], "e2e": ["-m", "e2e"]}
 
 
 @dataclass(frozen=True)

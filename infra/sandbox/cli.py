@@ -156,7 +156,7 @@ def _log_commands(state: dict, endpoint_url: str) -> list[str]:
         f"  access logs: {where} (a gzip object per {interval:g} s with connections)",
         f"    {credentials} aws --endpoint-url {endpoint_url} --region {region} "
         f"s3 ls --recursive s3://{bucket}/{prefix}/",
-        f"    python -c {shlex.quote(boto3_line)}",
+        f"    {shlex.quote(sys.executable)} -c {shlex.quote(boto3_line)}",
     ]
 
 

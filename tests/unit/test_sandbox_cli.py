@@ -170,9 +170,12 @@ def test_printed_curl_commands_reach_both_servers_and_echo_a_post(sandbox_proces
 
 def test_printed_listing_shows_log_objects_within_the_interval(sandbox_process):
     *_, state, output, _ = sandbox_process
-    (listing,) = _printed(output, "python -c")
-    listing[0] = sys.executable
+    # The interpreter the sandbox ran with, whose packages (boto3) the command needs.
+    (listing,) = _printed(output, f"{sys.executable} -c")
     prefix = f"{state['access_logs']['prefix']}/AWSLogs/{state['account_id']}/"
+    (first,) = [item for item in state["listeners"] if item["port"] == 443]
+    with socket.create_connection((first["address"]["host"], first["address"]["port"])):
+        pass  # one connection, so there is something to log whatever ran before
     deadline = time.monotonic() + 5  # the 1 s interval plus a few seconds
     while True:
         keys = _run(listing).stdout.split()
