@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 __all__ = [
+    "PROGRESS_EVERY",
     "Waits",
     "WaitTimeout",
     "WaitFailed",
+    "check_seconds",
     "wait_until",
     "wait_for_load_balancer",
     "wait_for_targets",
@@ -18,6 +21,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# The longest stretch a wait may go without a progress line, whatever its poll interval.
+PROGRESS_EVERY = 15.0
 
 
 class WaitTimeout(TimeoutError):
@@ -33,7 +39,8 @@ class Waits:
     """Deadlines and poll interval of the build's waits, in seconds.
 
     Defaults suit a real account: a load balancer is active in 2-5 minutes; targets wait
-    3-5 minutes for registration before health checks start. `progress_s` is capped at 15.
+    3-5 minutes for registration before health checks start. `progress_s` is capped at
+    PROGRESS_EVERY (15).
     """
 
     load_balancer_s: float = 900.0
@@ -43,41 +50,69 @@ class Waits:
     progress_s: float = 15.0
 
 
+def check_seconds(name: str, value: float) -> None:
+    """Raise ValueError naming NAME unless VALUE is a finite number of seconds >= 0.
+
+    A NaN deadline compares false with everything, so a wait on it would never end; an
+    infinite one never ends either. Both are refused rather than waited on.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name}={value!r}: expected a finite number of seconds >= 0")
+
+
 def wait_until(
     what: str,
     probe: Callable[[], tuple[bool, str]],
     *,
     deadline_s: float,
     poll_s: float,
-    progress_s: float = 15.0,
+    progress_s: float = PROGRESS_EVERY,
+    report: Callable[[str], None] = log.info,
+    report_at_start: bool = True,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> float:
-    """Call PROBE until it returns `(True, status)`; return the seconds it took.
+    """Call PROBE every `poll_s` seconds until it returns `(True, status)`; return the
+    seconds it took.
 
     PROBE returns whether the state is reached and a short status for the progress lines.
-    A progress line (what, status, elapsed, deadline) is logged on the first unsuccessful poll
-    and then at least every `min(progress_s, 15)` seconds. Raises WaitTimeout at the deadline.
+    A progress line (what, last status, elapsed, deadline) goes to `report` on the first
+    unsuccessful poll (later with `report_at_start=False`) and then at least every
+    `min(progress_s, 15)` seconds, also when `poll_s` is longer: a sleep never outlasts the
+    next line. Raises WaitTimeout at the deadline, naming the last status; ValueError when
+    `deadline_s` or `poll_s` is not a finite number >= 0 or `progress_s` is not > 0.
+    `clock` and `sleep` are there for tests.
     """
-    progress_s = min(progress_s, 15.0)
+    check_seconds("deadline_s", deadline_s)
+    check_seconds("poll_s", poll_s)
+    if not progress_s > 0:  # also NaN
+        raise ValueError(f"progress_s={progress_s!r}: expected a number of seconds > 0")
+    progress_s = min(progress_s, PROGRESS_EVERY)
     started = clock()
-    last_report = None
+    next_report = started if report_at_start else started + progress_s
     while True:
         done, status = probe()
-        elapsed = clock() - started
+        now = clock()
         if done:
-            log.info("%s: done after %.0f s (%s)", what, elapsed, status)
-            return elapsed
-        if elapsed >= deadline_s:
-            raise WaitTimeout(f"{what}: not reached after {elapsed:.0f} s (deadline "
-                              f"{deadline_s:.0f} s); last status: {status}")
-        if last_report is None or elapsed - last_report >= progress_s:
-            log.info("waiting for %s: %s; %.0f s elapsed, deadline %.0f s",
-                     what, status, elapsed, deadline_s)
-            last_report = elapsed
-        # Wake up for the next poll, the next progress line or the deadline, whichever is first.
-        next_report = last_report + progress_s - elapsed
-        sleep(max(0.0, min(poll_s, next_report, deadline_s - elapsed)))
+            log.info("%s: done after %.0f s%s", what, now - started,
+                     f" ({status})" if status else "")
+            return now - started
+        if now - started >= deadline_s:
+            raise WaitTimeout(f"gave up waiting for {what} after {now - started:.0f} s "
+                              f"(deadline {deadline_s:.0f} s)"
+                              + (f"; last status: {status}" if status else ""))
+        # Sleep until the next poll, stopping at each progress line due before it.
+        next_poll = min(now + poll_s, started + deadline_s)
+        while True:
+            if now >= next_report:
+                report(f"waiting for {what}: " + (f"{status}; " if status else "")
+                       + f"{now - started:.0f} s elapsed, deadline {deadline_s:.0f} s")
+                next_report = now + progress_s
+            if now >= next_poll:
+                break
+            sleep(min(next_poll, next_report) - now)
+            now = clock()
 
 
 def wait_for_load_balancer(clients, arn: str, waits: Waits = Waits(), **clock) -> float:

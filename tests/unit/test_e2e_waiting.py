@@ -1,11 +1,12 @@
-"""wait_for reports progress at least every 15 s whatever its interval, and refuses a deadline
-it could never reach."""
+"""wait_for reports progress at least every 15 s whatever its interval, refuses a deadline it
+could never reach, and times out with infra.waits' WaitTimeout."""
 
 import math
 
 import pytest
 
 from fixtures.waiting import PROGRESS_EVERY, WaitTimeout, wait_for
+from infra import waits
 
 pytestmark = pytest.mark.unit
 
@@ -87,3 +88,26 @@ def test_a_timeout_that_is_not_a_finite_number_of_seconds_is_refused(timeout):
 def test_a_nan_interval_is_refused():
     with pytest.raises(ValueError, match="interval=nan"):
         wait_for("the thing", lambda: None, timeout=1.0, interval=math.nan)
+
+
+def test_a_timeout_names_what_was_awaited_and_is_infras_wait_timeout():
+    fake = FakeTime()
+    with pytest.raises(waits.WaitTimeout) as caught:
+        wait_for("the thing", lambda: None, timeout=30.0, interval=10.0,
+                 report=lambda message: None, clock=fake.clock, sleep=fake.sleep)
+    expected = "gave up waiting for the thing after 30 s (deadline 30 s)"
+    assert (str(caught.value), caught.type is WaitTimeout) == (expected, True), (
+        f"expected infra.waits.WaitTimeout({expected!r}), got {caught.type.__module__}."
+        f"{caught.type.__name__}({str(caught.value)!r})"
+    )
+
+
+def test_progress_lines_say_what_is_awaited_the_time_so_far_and_the_deadline():
+    fake = FakeTime()
+    lines: list[str] = []
+    with pytest.raises(WaitTimeout):
+        wait_for("the thing", lambda: None, timeout=20.0, interval=10.0,
+                 report=lines.append, clock=fake.clock, sleep=fake.sleep)
+    assert lines == ["waiting for the thing: 15 s elapsed, deadline 20 s"], (
+        f"expected one progress line at 15 s, got {lines}"
+    )

@@ -4,6 +4,7 @@ import base64
 import gzip
 import json
 import logging
+import math
 import os
 import re
 import stat
@@ -371,6 +372,20 @@ def test_a_wait_past_its_deadline_names_the_last_status():
         wait_until("load balancer x to be active", lambda: (False, "state provisioning"),
                    deadline_s=600, poll_s=15, clock=clock, sleep=clock.sleep)
     assert clock.now == 600
+
+
+@pytest.mark.parametrize("deadline_s", [math.nan, math.inf, -1.0])
+def test_a_wait_with_a_deadline_it_could_never_reach_is_refused(deadline_s):
+    clock = _Clock()
+    with pytest.raises(ValueError) as caught:
+        wait_until("the thing", lambda: (False, "-"), deadline_s=deadline_s, poll_s=1,
+                   clock=clock, sleep=clock.sleep)
+    message = str(caught.value)
+    assert f"deadline_s={deadline_s!r}" in message and "finite" in message, (
+        f"expected the error to name deadline_s={deadline_s!r} and what is accepted, got "
+        f"{message!r}"
+    )
+    assert clock.now == 0, f"expected no sleep before the refusal, got {clock.now} s"
 
 
 def test_a_failed_load_balancer_ends_the_wait(built, clients):
