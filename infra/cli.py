@@ -18,11 +18,12 @@ from infra.aws import (
 from infra.interrupts import Interrupted, handling_signals
 from infra.network import Ec2Compute
 from infra.provision import build
+from infra.reconcile import AccountMismatchError
 from infra.stack import AccessLogs, Certificate, HealthCheck, Network, Stack, StackConfigError
 from infra.stack import Listener, TargetGroup, DEFAULT_LISTENERS
 from infra.state import StateFileError, read_state
 from infra.sweep import DEFAULT_AGE_S, run_resources, sweep
-from infra.teardown import AccountMismatchError, down
+from infra.teardown import down
 from infra.validation import validate
 from infra.waits import Waits
 

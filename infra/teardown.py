@@ -13,6 +13,8 @@ from pathlib import Path
 from botocore.exceptions import ClientError
 
 from infra.aws import Clients
+# CREATION_ORDER is exported from here too, for infra.sweep.
+from infra.reconcile import CREATION_ORDER, check_state_account, with_untracked
 from infra.stack import TAG_KEEP
 from infra.state import read_state, write_state
 
@@ -22,9 +24,6 @@ __all__ = [
     "TeardownReport",
     "Leftover",
     "TeardownSettings",
-    "AccountMismatchError",
-    "check_state_account",
-    "with_untracked",
     "CREATION_ORDER",
 ]
 
@@ -98,24 +97,6 @@ _NOT_FOUND = {
     "InvalidRouteTableID.NotFound", "InvalidAssociationID.NotFound",
     "InvalidInstanceID.NotFound", "Gateway.NotAttached",
 }
-
-
-# The order in which the build creates resource types. Teardown walks a list newest first, so
-# a list in this order removes dependents before what they depend on.
-CREATION_ORDER = (
-    "s3-bucket", "acm-certificate", "ec2-vpc", "ec2-internet-gateway",
-    "ec2-internet-gateway-attachment", "ec2-subnet", "ec2-route-table",
-    "ec2-route-table-association", "ec2-security-group", "ec2-instance",
-    "elbv2-target-group", "elbv2-load-balancer", "elbv2-listener",
-)
-
-
-class AccountMismatchError(RuntimeError):
-    """The credentials belong to another account than the one a state file was built in.
-
-    Every resource of the state would look already gone (NotFound) from there, so teardown
-    would report success and remove the state file while the stack stays up.
-    """
 
 
 def _code(error: ClientError) -> str:
@@ -362,10 +343,11 @@ def down(state_path, clients: Clients | None = None, *, keep_logs: bool | None =
     """Tear down the stack of STATE_PATH; remove the file when nothing is left, else rewrite
     it listing only what is left (so `down` can simply be run again).
 
-    Raises AccountMismatchError, before any delete call, when the clients' account is not the
-    state's `account_id`. `discover(clients, run_id)` (e.g. `infra.sweep.run_resources`)
-    finds resources carrying the run's tag; those the ledger misses (a run killed between a
-    create call and its record) are added to it and removed too.
+    Raises infra.reconcile.AccountMismatchError, before any delete call, when the clients'
+    account is not the state's `account_id`. `discover(clients, run_id)` (e.g.
+    `infra.sweep.run_resources`) finds resources carrying the run's tag; those the ledger
+    misses (a run killed between a create call and its record) are added to it and removed
+    too.
     """
     state = read_state(state_path)
     clients = clients or Clients.for_state(state)
@@ -380,44 +362,3 @@ def down(state_path, clients: Clients | None = None, *, keep_logs: bool | None =
             write_state(state_path, state)
     return teardown(state, clients, keep_logs=keep_logs, settings=settings,
                     state_path=state_path)
-
-
-def check_state_account(state: dict, clients: Clients) -> None:
-    """Raise AccountMismatchError unless the clients' account (sts get-caller-identity) is
-    the state's `account_id`. A state without one (hand-written) is not checked."""
-    expected = state.get("account_id")
-    if not expected:
-        return
-    account = clients.account_id()
-    if account != expected:
-        raise AccountMismatchError(
-            f"state file of run {state['run_id']} lists resources of AWS account {expected}, "
-            f"but the credentials are of account {account}; use credentials of account "
-            f"{expected} to tear it down"
-        )
-
-
-def with_untracked(resources: list[dict], found: Iterable[dict]) -> tuple[list, list]:
-    """RESOURCES (a ledger, creation order) with those of FOUND it does not list, each put
-    after the last entry of its own or an earlier type in CREATION_ORDER, so teardown still
-    removes dependents first. Returns the merged list and the entries added."""
-    merged = list(resources)
-    known = {(r["type"], r["id"]) for r in merged}
-    added = []
-    for resource in found:
-        if (resource["type"], resource["id"]) in known:
-            continue
-        rank = _rank(resource["type"])
-        position = 0
-        for index, entry in enumerate(merged):
-            entry_rank = _rank(entry["type"])
-            if entry_rank is not None and rank is not None and entry_rank <= rank:
-                position = index + 1
-        merged.insert(position, resource)
-        known.add((resource["type"], resource["id"]))
-        added.append(resource)
-    return merged, added
-
-
-def _rank(resource_type: str) -> int | None:
-    return CREATION_ORDER.index(resource_type) if resource_type in CREATION_ORDER else None

@@ -13,10 +13,11 @@ from fixtures.moto import (
 from infra.compute import Compute
 from infra.network import Ec2Compute
 from infra.provision import BUILD_STEPS, build
+from infra.reconcile import with_untracked
 from infra.stack import TAG_KEEP, Certificate, Network, Stack
 from infra.state import read_state, run_directory, write_state
 from infra.sweep import find_runs, run_resources
-from infra.teardown import TeardownSettings, down, teardown, with_untracked
+from infra.teardown import TeardownSettings, down, teardown
 from infra.waits import Waits
 
 pytestmark = pytest.mark.unit
