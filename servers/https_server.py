@@ -64,6 +64,8 @@ __all__ = [
     "HttpsServer",
     "OpensslMissing",
     "PresentedCertificate",
+    "SELF_SIGNED_KEY_BITS",
+    "SELF_SIGNED_KEY_TYPE",
     "UnreadableFile",
     "main",
     "make_server",
@@ -81,6 +83,10 @@ DESCRIPTION = (
 # TLS 1.0/1.1 and SHA-1 suites above it, and the 2016-08 backend policy offers them.
 CIPHERS = "ALL:!aNULL:!eNULL:@SECLEVEL=0"
 ALPN_PROTOCOLS = ("http/1.1", "http/1.0")
+# The key of the throwaway self-signed certificate, its type spelled as a handshake reports
+# it ("RSA" or "EC"): exported so a client can know it without a handshake.
+SELF_SIGNED_KEY_TYPE = "RSA"
+SELF_SIGNED_KEY_BITS = 2048
 _OPENSSL_TIMEOUT = 60.0
 
 
@@ -309,10 +315,14 @@ def _load_self_signed(context: ssl.SSLContext, hostname: str) -> PresentedCertif
     return PresentedCertificate(source, fingerprint)
 
 
+# `openssl req -newkey rsa:BITS` makes the key with the certificate.
+_NEWKEY = f"{SELF_SIGNED_KEY_TYPE.lower()}:{SELF_SIGNED_KEY_BITS}"
+
+
 def _run_openssl_req(openssl: str, common_name: str, key: str, cert: str) -> None:
     names = f"DNS:{common_name},DNS:localhost,IP:127.0.0.1,IP:::1"
     command = [
-        openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256",
+        openssl, "req", "-x509", "-newkey", _NEWKEY, "-nodes", "-sha256",
         "-days", "30", "-keyout", key, "-out", cert, "-subj", f"/CN={common_name}",
         "-addext", f"subjectAltName={names}",
     ]

@@ -28,13 +28,20 @@ def _instance(clients, image: str, user_data: bytes) -> str:
                                      UserData=user_data)["Instances"][0]["InstanceId"]
 
 
-def _server_key_type() -> str:
+def test_the_https_servers_self_signed_key_is_the_one_it_exports():
+    # The expectation reads the constant instead of starting a server; this handshake with
+    # the server on loopback keeps the constant honest.
     server = https_server.make_server("127.0.0.1", 0)
     server.start()
     try:
-        return handshake("127.0.0.1", server.port, None, ca_bundle=None).key_type
+        got = handshake("127.0.0.1", server.port, None, ca_bundle=None)
     finally:
         server.stop()
+    expected = (https_server.SELF_SIGNED_KEY_TYPE, https_server.SELF_SIGNED_KEY_BITS)
+    assert (got.key_type, got.key_bits) == expected, (
+        f"expected the self-signed certificate's key to be {expected}, got "
+        f"{(got.key_type, got.key_bits)}"
+    )
 
 
 def test_an_instance_running_the_suites_user_data_has_the_https_servers_key_type(
@@ -44,7 +51,7 @@ def test_an_instance_running_the_suites_user_data_has_the_https_servers_key_type
     tls = next(g for g in stack.target_groups if g.protocol == "TLS")
     instance = _instance(clients, image, render_user_data(stack.target_groups, stack.run_id))
     got, source = target_key_algorithm(clients, _group(port=tls.port), instance, tls.port)
-    expected = _server_key_type()
+    expected = https_server.SELF_SIGNED_KEY_TYPE
     assert got == expected, (
         f"expected the key type of servers.https_server's own certificate ({expected}), "
         f"got {got} ({source})"
