@@ -8,6 +8,7 @@ import importlib.util
 import logging
 import os
 import re
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -223,7 +224,8 @@ def _print_summary(state: dict, state_file: Path) -> None:
         logs = state["access_logs"]
         print(f"  access logs s3://{logs['bucket']}/{logs['prefix']}")
     print(f"  state file {Path(state_file).absolute()}")
-    print(f"tear down: python -m infra down --state-file {state_file}")
+    # The interpreter this ran with has the packages `down` needs; a bare `python` may not.
+    print(f"tear down: {shlex.quote(sys.executable)} -m infra down --state-file {state_file}")
 
 
 def _cmd_down(args) -> int:

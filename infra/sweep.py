@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from botocore.exceptions import ClientError
 
 from infra.stack import PROJECT, TAG_CREATED_AT, TAG_KEEP, TAG_PROJECT, TAG_RUN_ID
-from infra.teardown import CREATION_ORDER, TeardownReport, TeardownSettings, teardown
+from infra.reconcile import CREATION_ORDER
+from infra.teardown import TeardownReport, TeardownSettings, teardown
 
 __all__ = ["Run", "SweepReport", "find_runs", "run_resources", "sweep", "DEFAULT_AGE_S"]
 

@@ -13,8 +13,7 @@ from pathlib import Path
 from botocore.exceptions import ClientError
 
 from infra.aws import Clients
-# CREATION_ORDER is exported from here too, for infra.sweep.
-from infra.reconcile import CREATION_ORDER, check_state_account, with_untracked
+from infra.reconcile import check_state_account, with_untracked
 from infra.stack import TAG_KEEP
 from infra.state import read_state, write_state
 
@@ -24,7 +23,6 @@ __all__ = [
     "TeardownReport",
     "Leftover",
     "TeardownSettings",
-    "CREATION_ORDER",
 ]
 
 log = logging.getLogger(__name__)
