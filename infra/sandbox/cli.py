@@ -12,6 +12,8 @@ import threading
 from pathlib import Path
 
 from infra.cli import Interrupted, add_stack_options, stack_from_args
+from infra.stack import StackConfigError
+from infra.state import StateFileError
 from infra.waits import WaitTimeout
 from servers._http import host_port  # HOST:PORT, an IPv6 host in brackets (RFC 3986)
 
@@ -106,6 +108,9 @@ def _cmd_sandbox(args) -> int:
         except Interrupted as interrupted:
             print(f"sandbox: {interrupted} while starting; stopped", file=sys.stderr)
             return 128 + interrupted.signum
+        except (StackConfigError, StateFileError) as error:
+            print(f"sandbox: {error}", file=sys.stderr)  # nothing was started
+            return 2
         except (SandboxStartError, BackendStartError, WaitTimeout) as error:
             print(f"sandbox: could not start: {error}", file=sys.stderr)
             return 1

@@ -18,8 +18,9 @@ from infra.aws import Clients
 from infra.keystore import KeyStore
 from infra.provision import build
 from infra.stack import Stack
-from infra.state import run_directory
+from infra.state import StateFileError, read_state, run_directory
 from infra.teardown import TeardownReport, TeardownSettings, teardown
+from infra.validation import validate
 from infra.waits import Waits
 
 from .certificates import CertificateSource
@@ -139,8 +140,14 @@ class Sandbox:
         return clients
 
     def start(self) -> dict:
-        """Bring the sandbox up; returns the state as written to the state file."""
+        """Bring the sandbox up; returns the state as written to the state file.
+
+        Raises StackConfigError for a bad choice and StateFileError for a state file that
+        already lists another run's resources, both before anything is started.
+        """
         started = time.monotonic()
+        validate(self.stack)
+        _refuse_a_used_state_file(self.options.state_file)
         try:
             self.compute.launch(self.stack, self.options.state_file)
             self._server = ControlPlaneServer().start()
@@ -250,7 +257,7 @@ class Sandbox:
             return None
         self._torn_down = True
         report = None
-        state = self.state or _read_partial_state(self.options.state_file)
+        state = self.state or _read_partial_state(self.options.state_file, self.stack.run_id)
         try:
             if state is not None and self._clients is not None:
                 report = teardown(state, self._clients, settings=_TEARDOWN, compute=self.compute)
@@ -277,11 +284,28 @@ class Sandbox:
         return self.teardown()
 
 
-def _read_partial_state(path: Path) -> Optional[dict]:
-    """The ledger a build interrupted part-way left in the state file, if any."""
-    from infra.state import read_state
-
+def _read_partial_state(path: Path, run_id: str) -> Optional[dict]:
+    """The ledger a build of this run interrupted part-way left in the state file, if any;
+    never another run's, whatever the file holds."""
     try:
-        return read_state(path)
-    except Exception:  # no file, or not written yet: nothing was created
+        state = read_state(path)
+    except StateFileError:  # no file, or not written yet: nothing was created
         return None
+    return state if state.get("run_id") == run_id else None
+
+
+def _refuse_a_used_state_file(path: Path) -> None:
+    # Another run's ledger must survive: its resources may still be up (elsewhere, or in a
+    # sandbox that is running), and the file is how they are torn down.
+    try:
+        previous = read_state(path)
+    except StateFileError:
+        return  # no state file there, or not one of ours: the build writes it afresh
+    if previous["resources"]:
+        raise StateFileError(
+            f"state file {path} already lists {len(previous['resources'])} resources of run "
+            f"{previous['run_id']} (target {previous.get('target')}); tear them down with "
+            f"`python -m infra down --state-file {path}`, or, for a sandbox that was killed "
+            "(its moto server is gone with it), delete the file and its .d directory; or "
+            "give another --state-file"
+        )

@@ -262,3 +262,29 @@ def test_sigterm_flushes_tears_down_and_exits_zero_like_sigint(ipv6_round_robin_
     addresses = [(item["address"]["host"], item["address"]["port"]) for item in state["listeners"]]
     still = [address for address in addresses if _listening(*address)]
     assert not still, f"still accepting connections after SIGTERM: {still}"
+
+
+def test_a_state_file_of_another_run_is_refused_and_left_as_it_was(tmp_path):
+    from infra.stack import Stack
+    from infra.state import new_state, run_directory, write_state
+
+    state_file = tmp_path / "other.json"
+    other = new_state(Stack(), "123456789012", None)
+    other["resources"].append({"type": "ec2-vpc", "id": "vpc-0123456789abcdef0"})
+    write_state(state_file, other)
+    kept = run_directory(state_file)
+    kept.mkdir(mode=0o700)
+    (kept / "keep-me").write_text("another run's")
+    before = state_file.read_bytes()
+
+    done = subprocess.run(
+        [sys.executable, "-m", "infra", "sandbox", "--state-file", str(state_file)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+    assert done.returncode == 2, f"expected exit 2, got {done.returncode}: {done.stderr}"
+    assert f"state file {state_file} already lists 1 resources of run {other['run_id']}" in (
+        done.stderr), done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert state_file.read_bytes() == before, "the other run's state file was changed"
+    assert (kept / "keep-me").read_text() == "another run's", "its directory was touched"
+    assert sorted(p.name for p in kept.iterdir()) == ["keep-me"], list(kept.iterdir())
