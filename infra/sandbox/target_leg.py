@@ -61,11 +61,19 @@ class TargetConnection(asyncio.Protocol):
             self.ready = True
             self._client.target_ready()
             return
-        self._tls = self._context.wrap_bio(
-            self._incoming, self._outgoing, server_side=False,
-            server_hostname=self._server_name or None,
-        )
+        try:
+            self._tls = self._wrap(self._server_name or None)
+        except (UnicodeError, ValueError):
+            # ssl IDNA-encodes server_hostname and refuses what no DNS name could be (a label
+            # over 63 bytes, say), though a client may send it as SNI. The NLB's leg to the
+            # target then goes without SNI rather than not at all.
+            logger.debug("SNI %r cannot be sent on to a target; sending none", self._server_name)
+            self._tls = self._wrap(None)
         self._step()
+
+    def _wrap(self, server_name: Optional[str]) -> ssl.SSLObject:
+        return self._context.wrap_bio(self._incoming, self._outgoing, server_side=False,
+                                      server_hostname=server_name)
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = time.monotonic()

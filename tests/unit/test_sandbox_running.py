@@ -14,6 +14,7 @@ import logging
 import queue
 import socket
 import ssl
+import struct
 import threading
 import time
 
@@ -870,6 +871,42 @@ def test_target_that_never_answers_holds_only_its_own_connection(sandbox, logs, 
         _still_serving(sandbox)
     entry = logs.entry_for(client_port)
     assert (entry.received_bytes, entry.sent_bytes) == (len(request), 0), entry.format()
+
+
+def test_sni_no_dns_name_could_be_still_reaches_a_tls_target(sandbox, logs):
+    # Python's ssl refuses such a name as server_hostname (IDNA: a label is at most 63
+    # bytes); pyOpenSSL sends it as it is, as any client may.
+    from OpenSSL import SSL
+
+    server_name = b"b" * 70
+    context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    raw = socket.create_connection(_address(sandbox, 9443), timeout=5)
+    raw.settimeout(None)  # pyOpenSSL reads a socket with a timeout as non-blocking; a
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 10, 0))  # limit
+    client_port = raw.getsockname()[1]
+    connection = SSL.Connection(context, raw)
+    connection.set_tlsext_host_name(server_name)
+    connection.set_connect_state()
+    answer = b""
+    with raw:
+        connection.do_handshake()
+        connection.sendall(b"GET /long-sni HTTP/1.1\r\nHost: x\r\nAccept: application/json"
+                           b"\r\nConnection: close\r\n\r\n")
+        while True:
+            try:
+                chunk = connection.recv(65536)
+            except (SSL.ZeroReturnError, SSL.SysCallError):
+                break
+            if not chunk:
+                break
+            answer += chunk
+    body = answer.partition(b"\r\n\r\n")[2]
+    assert answer.startswith(b"HTTP/1.1 200 "), f"expected the HTTPS target's answer: {answer!r}"
+    document = json.loads(body)
+    assert (document["server"], document["tls"]["server_name"]) == ("https", None), document
+    entry = logs.entry_for(client_port)
+    assert entry.domain_name == server_name.decode(), entry.format()
+    _still_serving(sandbox)
 
 
 def test_target_that_never_takes_the_connection_gets_the_client_reset(sandbox, api, logs,
