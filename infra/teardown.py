@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError
 from infra.aws import Clients
 from infra.reconcile import check_state_account, with_untracked
 from infra.stack import TAG_KEEP
-from infra.state import read_state, write_state
+from infra.state import StateFileError, read_state, run_directory, write_state
 
 __all__ = [
     "teardown",
@@ -107,12 +107,15 @@ def _transient_codes(resource_type: str) -> frozenset:
 
 class _Teardown:
     def __init__(self, clients: Clients, settings: TeardownSettings, keep_logs: bool,
-                 compute=None, sleep: Callable[[float], None] = time.sleep):
+                 compute=None, sleep: Callable[[float], None] = time.sleep,
+                 run_id: str | None = None, state_path=None):
         self.clients = clients
         self.settings = settings
         self.keep_logs = keep_logs
         self.compute = compute
         self.sleep = sleep
+        self.run_id = run_id
+        self.state_path = state_path
 
     def remove(self, resource: dict) -> str:
         """Remove RESOURCE; returns `removed` or `kept`; raises when it cannot."""
@@ -257,9 +260,41 @@ class _Teardown:
                  TAG_KEEP)
 
     def directory(self, resource: dict) -> None:
-        # The run's generated certificates and private keys; only the recorded path is removed.
-        if os.path.isdir(resource["id"]):
-            shutil.rmtree(resource["id"])
+        # The run's generated certificates and private keys. A state file is plain JSON that
+        # anyone may edit, so its entry only says which run directory to remove; what is
+        # removed is the directory derived from the state file, never an arbitrary path.
+        directory = _own_run_directory(resource["id"], self.run_id, self.state_path)
+        if directory.is_dir():
+            shutil.rmtree(directory)
+
+
+def _own_run_directory(recorded: str, run_id: str | None, state_path) -> Path:
+    """The run directory a `local-directory` entry RECORDED may stand for: the state file's
+    own `STATE.d`. Without STATE_PATH (a caller holding the state in memory), RECORDED must
+    be `FILE.d` next to a state file FILE of the same run, or be gone already. Raises
+    RuntimeError otherwise."""
+    given = Path(os.path.normpath(os.path.abspath(recorded)))
+    if state_path is not None:
+        own = Path(os.path.normpath(run_directory(state_path)))
+        if given != own:
+            raise RuntimeError(
+                f"{recorded} is not this run's directory {own} (the state file's name plus "
+                "'.d'); left alone, remove it by hand if it should go")
+        return own
+    if not os.path.lexists(given):
+        return given  # already gone (a second teardown of the same state): nothing to check
+    if not given.name.endswith(".d") or len(given.name) <= 2:
+        raise RuntimeError(f"{recorded} is not a run directory (STATE_FILE.d); left alone")
+    state_file = given.with_name(given.name[:-2])
+    try:
+        owner = read_state(state_file)
+    except StateFileError as error:
+        raise RuntimeError(f"{recorded} is not next to a state file of run {run_id} "
+                           f"({error}); left alone") from None
+    if owner["run_id"] != run_id:
+        raise RuntimeError(f"{recorded} belongs to run {owner['run_id']}, not {run_id}; "
+                           "left alone")
+    return given
 
 
 _HANDLERS = {
@@ -300,11 +335,14 @@ def teardown(
     (default: the state's choice) keeps a created log bucket and its objects. `compute`
     removes resource types of its own (see Compute.delete). With `state_path`, the state file
     is rewritten after each step to list only what still exists, and removed when nothing is
-    left, so an interrupted teardown can simply be run again.
+    left, so an interrupted teardown can simply be run again. A `local-directory` entry
+    removes only the run's own directory: `STATE_PATH.d`, or without `state_path` a `FILE.d`
+    next to a state file FILE of the same run; any other path is left and reported.
     """
     clients = clients or Clients.for_state(state)
     keep = state.get("keep_logs", False) if keep_logs is None else keep_logs
-    worker = _Teardown(clients, settings, keep, compute, sleep)
+    worker = _Teardown(clients, settings, keep, compute, sleep, state.get("run_id"),
+                       state_path)
     remaining = list(state.get("resources", []))
     removed, kept, left = [], [], []
     for resource in reversed(state.get("resources", [])):

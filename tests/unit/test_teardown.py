@@ -369,6 +369,61 @@ def test_unknown_resource_types_are_reported_and_a_compute_can_claim_them(client
     assert json.loads(state_path.read_text())["resources"] == [resources[1]]
 
 
+def _victim(tmp_path):
+    """A directory outside any run, with a file in it, that teardown must never remove."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("keep me\n")
+    return victim
+
+
+def test_down_leaves_a_directory_that_is_not_the_runs_own_and_reports_it(clients, tmp_path):
+    victim = _victim(tmp_path)
+    state_path = tmp_path / "s.json"
+    resources = [{"type": "local-directory", "id": str(victim)}]
+    write_state(state_path, _state(resources))
+
+    report = down(state_path, clients, settings=QUICK)
+
+    assert (victim / "precious.txt").read_text() == "keep me\n", f"{victim} was removed"
+    assert [(x.type, x.id) for x in report.left] == [("local-directory", str(victim))], (
+        f"expected {victim} reported as left, got {report.describe()}")
+    reason = report.left[0].reason
+    assert str(run_directory(state_path)) in reason and "left alone" in reason, reason
+    assert read_state(state_path)["resources"] == resources, "the state file must list it"
+
+
+def test_down_removes_the_runs_own_directory_however_its_entry_spells_it(clients, tmp_path):
+    own = run_directory(tmp_path / "s.json")
+    (own / "keys").mkdir(parents=True)
+    spelled = str(tmp_path / "other" / ".." / "s.json.d")
+    write_state(tmp_path / "s.json", _state([{"type": "local-directory", "id": spelled}]))
+
+    report = down(tmp_path / "s.json", clients, settings=QUICK)
+
+    assert report.ok, report.describe()
+    assert not own.exists(), f"expected {own} removed"
+
+
+def test_teardown_without_a_state_path_removes_only_a_directory_next_to_a_state_of_its_run(
+        clients, tmp_path):
+    """The sandbox tears down from the state it holds: a `FILE.d` next to the state file FILE
+    of the same run is removed; another run's directory or any other path is left."""
+    victim = _victim(tmp_path)
+    own, others = run_directory(tmp_path / "s.json"), run_directory(tmp_path / "o.json")
+    own.mkdir()
+    others.mkdir()
+    write_state(tmp_path / "s.json", _state([]))
+    write_state(tmp_path / "o.json", _state([], run_id="other"))
+    resources = [{"type": "local-directory", "id": str(path)} for path in (victim, others, own)]
+
+    report = teardown(_state(resources), clients, settings=QUICK)
+
+    assert [r["id"] for r in report.removed] == [str(own)], report.describe()
+    assert [x.id for x in report.left] == [str(others), str(victim)], report.describe()
+    assert (victim.exists(), others.exists(), own.exists()) == (True, True, False)
+
+
 # Where to fail: (operation, which occurrence). One point inside each step that makes create
 # or change calls, each leaving a different partial stack: nothing yet, a bucket without its
 # policy, certificate files without the certificate, a gateway not attached, one subnet, one
