@@ -97,6 +97,32 @@ def test_report_naming_an_existing_file_is_a_usage_error(pytester, tmp_path):
     )
 
 
+@pytest.mark.parametrize("flag", ["--report", "--log-download"])
+def test_a_directory_that_cannot_be_made_is_a_usage_error_before_the_run(pytester, tmp_path,
+                                                                         flag):
+    # Under a file: no user, root included, can make it. Found at the end of the session,
+    # it would lose the run's results.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("in the way")
+    wanted = blocker / "out"
+    output = _refused(pytester, flag, str(wanted))
+    assert f"{flag} {wanted}: cannot write there" in output, (
+        f"expected the error to name {wanted} and say it cannot be written, got:\n{output}")
+
+
+def test_report_directory_is_made_when_missing(pytester, tmp_path):
+    wanted = tmp_path / "new" / "report"
+    pytester.makepyfile(test_nothing="""
+        import pytest
+
+        @pytest.mark.unit
+        def test_nothing():
+            pass
+    """)
+    result = pytester.runpytest("-p", "fixtures.e2e", "--report", str(wanted), "-m", "unit")
+    assert wanted.is_dir() and list(wanted.iterdir()) != [], result.stdout.str()
+
+
 @pytest.mark.parametrize("selection", [(), ("-m", "e2e"), ("-m", "unit or e2e"),
                                        ("-m", "not unit")])
 def test_under_xdist_the_e2e_tests_refuse_to_run(pytester, selection):
