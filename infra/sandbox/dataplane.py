@@ -198,6 +198,14 @@ class DataPlane:
             if arn not in self._servers:
                 await self._serve(state)
             self._say_unservable(state)
+        for listener in config.listeners:
+            if listener.protocol != "TLS":
+                # The sandbox reproduces TLS termination; a plain TCP (or UDP) listener is
+                # configured in moto but carries no traffic here.
+                self._say_once((listener.arn, listener.protocol),
+                               "listener %s (port %s) is %s: the sandbox serves TLS listeners "
+                               "only, so nothing is served on it", listener.id, listener.port,
+                               listener.protocol)
         self._health.apply(config.target_groups, config.groups_in_use())
 
     def addresses(self) -> dict[str, tuple[str, int]]:
