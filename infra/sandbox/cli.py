@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import ipaddress
 import logging
 import shlex
 import signal
@@ -26,7 +27,16 @@ __all__ = ["register", "summary"]
 
 logger = logging.getLogger(__name__)
 
-_LOOPBACK_PREFIXES = ("127.", "::1", "localhost")
+
+
+def is_loopback(address: str) -> bool:
+    """Whether a listen address is loopback: 127.0.0.0/8, ::1, or the name localhost."""
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False  # another name: it may resolve to anything
 
 
 def _positive(text: str) -> float:
@@ -96,7 +106,7 @@ class _StartSignals:
 
 
 def _cmd_sandbox(args) -> int:
-    if not args.listen_address.startswith(_LOOPBACK_PREFIXES):
+    if not is_loopback(args.listen_address):
         logger.warning("serving the listeners on %s, which is not a loopback address",
                        args.listen_address)
     sandbox = Sandbox(stack_from_args(args), _options(args))

@@ -288,3 +288,14 @@ def test_a_state_file_of_another_run_is_refused_and_left_as_it_was(tmp_path):
     assert state_file.read_bytes() == before, "the other run's state file was changed"
     assert (kept / "keep-me").read_text() == "another run's", "its directory was touched"
     assert sorted(p.name for p in kept.iterdir()) == ["keep-me"], list(kept.iterdir())
+
+
+@pytest.mark.parametrize(("address", "loopback"), [
+    ("127.0.0.1", True), ("127.8.9.10", True), ("::1", True), ("localhost", True),
+    ("0.0.0.0", False), ("10.0.0.1", False), ("::", False), ("127.example.com", False),
+    ("localhost.example.com", False), ("::1.example", False),
+])
+def test_only_loopback_addresses_count_as_loopback(address, loopback):
+    from infra.sandbox.cli import is_loopback
+
+    assert is_loopback(address) is loopback, f"{address}: expected loopback={loopback}"
