@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 
 import boto3
@@ -17,6 +19,10 @@ __all__ = [
     "new_session",
     "AccountNotAllowedError",
     "AccountIdError",
+    "EndpointUrlError",
+    "EndpointUnreachableError",
+    "check_endpoint_url",
+    "check_endpoint_reachable",
     "ALLOWED_ACCOUNTS_ENV",
     "allowed_accounts",
     "check_account",
@@ -51,6 +57,50 @@ class AccountNotAllowedError(RuntimeError):
 class AccountIdError(ValueError):
     """An allow-list value (--aws-account or the environment variable) that is not 12-digit
     account ids."""
+
+
+class EndpointUrlError(ValueError):
+    """An endpoint URL (--endpoint-url, a state file's `endpoint_url`) that is not an http or
+    https URL with a host."""
+
+
+class EndpointUnreachableError(ConnectionError):
+    """Nothing accepts connections at an endpoint URL: the moto server or sandbox is gone."""
+
+
+def check_endpoint_url(value) -> str:
+    """VALUE when it is an http or https URL with a host (`http://127.0.0.1:5000`); raises
+    EndpointUrlError naming the value and the accepted form otherwise."""
+    accepted = "accepted an http or https URL with a host, e.g. http://127.0.0.1:5000"
+    if not isinstance(value, str) or not value or any(c.isspace() for c in value):
+        raise EndpointUrlError(f"endpoint URL {value!r}: {accepted}")
+    try:
+        parts = urllib.parse.urlsplit(value)
+        parts.port  # noqa: B018  (raises ValueError for a port out of range or not a number)
+    except ValueError:
+        raise EndpointUrlError(f"endpoint URL {value!r}: {accepted}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise EndpointUrlError(f"endpoint URL {value!r}: {accepted}")
+    return value
+
+
+def check_endpoint_reachable(url: str, timeout_s: float = 5.0) -> None:
+    """Raise EndpointUnreachableError unless a TCP connection to URL's host and port opens.
+
+    botocore retries a refused connection like any transient error, with backoff, for about
+    half a minute before it gives up with a traceback; a moto server or sandbox that has
+    stopped does not come back in that time, so one connection attempt decides at once.
+    """
+    parts = urllib.parse.urlsplit(check_endpoint_url(url))
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=timeout_s):
+            pass
+    except OSError as error:
+        reason = error.strerror or str(error) or type(error).__name__
+        raise EndpointUnreachableError(
+            f"cannot connect to endpoint {url} ({reason}): the moto server or sandbox that "
+            "served it is no longer running; start it again at that address") from None
 
 
 class Clients:

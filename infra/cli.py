@@ -13,8 +13,11 @@ import sys
 import time
 from pathlib import Path
 
+from botocore.exceptions import EndpointConnectionError
+
 from infra.aws import (
-    AccountIdError, AccountNotAllowedError, Clients, allowed_accounts, check_account,
+    AccountIdError, AccountNotAllowedError, Clients, EndpointUnreachableError,
+    EndpointUrlError, allowed_accounts, check_account, check_endpoint_reachable,
 )
 from infra.interrupts import Interrupted, handling_signals
 from infra.network import Ec2Compute
@@ -160,6 +163,15 @@ def _step_hook():
     return lambda name: time.sleep(delay)
 
 
+def _endpoint(args) -> str | None:
+    """--endpoint-url, checked for form and for a server answering there (EndpointUrlError,
+    EndpointUnreachableError); None for AWS."""
+    if args.endpoint_url is None:
+        return None
+    check_endpoint_reachable(args.endpoint_url)
+    return args.endpoint_url
+
+
 def _waits(args) -> Waits:
     if args.wait_timeout is None:
         return Waits()
@@ -171,7 +183,7 @@ def _cmd_up(args) -> int:
     # Offline first: a bad choice is reported without any call to AWS, even the account check.
     validate(stack)
     allowed = allowed_accounts(args.aws_account)
-    clients = Clients(stack.region, args.endpoint_url)
+    clients = Clients(stack.region, _endpoint(args))
     check_account(clients, allowed)
     waits = _waits(args)
     try:
@@ -230,6 +242,12 @@ def _print_summary(state: dict, state_file: Path) -> None:
 
 def _cmd_down(args) -> int:
     state = read_state(args.state_file)
+    if state.get("endpoint_url") is not None:
+        try:
+            check_endpoint_reachable(state["endpoint_url"])
+        except EndpointUnreachableError as error:
+            print(f"error: {error}; state file {args.state_file} is kept", file=sys.stderr)
+            return 1
     clients = Clients(state["region"], state.get("endpoint_url"))
     if state.get("endpoint_url") is None or args.aws_account:
         check_account(clients, allowed_accounts(args.aws_account))
@@ -246,7 +264,7 @@ SWEEP_FOUND_STATUS = 3
 
 def _cmd_sweep(args) -> int:
     allowed = allowed_accounts(args.aws_account)
-    clients = Clients(args.region or _default_region(), args.endpoint_url)
+    clients = Clients(args.region or _default_region(), _endpoint(args))
     check_account(clients, allowed)
     report = sweep(clients, args.older_than, yes=args.yes)
     for run in report.old:
@@ -314,6 +332,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except (StackConfigError, StateFileError, AccountIdError, AccountNotAllowedError,
-            AccountMismatchError) as error:
+            AccountMismatchError, EndpointUrlError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except (EndpointUnreachableError, EndpointConnectionError) as error:
+        # An endpoint that went away mid-command: botocore has retried it already.
+        print(f"error: {error}", file=sys.stderr)
+        return 1

@@ -352,3 +352,86 @@ def test_down_removes_a_tagged_resource_its_state_file_does_not_list(clients, tm
     assert status == 0 and "removed 2" in out, f"expected both groups removed; got {out}"
     assert tagged_resources(clients, stack.run_id) == [], f"{unrecorded} was left"
     assert not state_file.exists()
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("resources", "vpc-1", "resources is a string"),
+    ("region", 5, "region 5 is not a region name"),
+    ("endpoint_url", 5000, "endpoint URL 5000"),
+    ("account_id", 123456789012, "account_id is 123456789012"),
+])
+def test_down_refuses_a_malformed_state_file_in_one_line(field, value, expected, tmp_path,
+                                                         monkeypatch, capsys):
+    _no_aws_calls(monkeypatch)
+    state_file = tmp_path / "s.json"
+    state = {"run_id": "r1", "region": REGION, "endpoint_url": None,
+             "account_id": "123456789012", "resources": [], field: value}
+    state_file.write_text(json.dumps(state))
+
+    status = main(["down", "--state-file", str(state_file)])
+
+    err = capsys.readouterr().err
+    assert (status, err.count("\n")) == (2, 1), f"expected exit 2 and one line, got {status}: {err}"
+    assert str(state_file) in err and expected in err, f"expected {expected!r} in {err!r}"
+    assert json.loads(state_file.read_text()) == state, "the state file must be left as it was"
+
+
+def test_down_refuses_a_state_path_that_is_a_directory_in_one_line(tmp_path, capsys):
+    status = main(["down", "--state-file", str(tmp_path)])
+
+    err = capsys.readouterr().err
+    assert (status, err.count("\n")) == (2, 1), f"expected exit 2 and one line, got {status}: {err}"
+    assert f"state file {tmp_path} is a directory" in err, err
+
+
+@pytest.fixture
+def dead_endpoint():
+    """The URL of a loopback port where nothing listens: bound (so no one else takes it) but
+    not listening, so a connection is refused."""
+    import socket
+
+    with socket.socket() as bound:
+        bound.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{bound.getsockname()[1]}"
+
+
+def test_down_against_an_endpoint_that_is_gone_fails_in_one_line_and_keeps_the_state(
+        dead_endpoint, tmp_path, monkeypatch, capsys):
+    _no_aws_calls(monkeypatch)
+    state_file = tmp_path / "s.json"
+    state = {"run_id": "r1", "region": REGION, "endpoint_url": dead_endpoint,
+             "account_id": "123456789012", "resources": [{"type": "ec2-vpc", "id": "vpc-1"}]}
+    write_state(state_file, state)
+
+    status = main(["down", "--state-file", str(state_file)])
+
+    err = capsys.readouterr().err
+    assert (status, err.count("\n")) == (1, 1), f"expected exit 1 and one line, got {status}: {err}"
+    assert f"cannot connect to endpoint {dead_endpoint}" in err, err
+    assert "moto server or sandbox" in err and f"state file {state_file} is kept" in err, err
+    assert read_state(state_file) == state, "the state file must be left as it was"
+
+
+@pytest.mark.parametrize("command", ["up", "sweep"])
+def test_an_endpoint_url_where_nothing_listens_is_refused_before_any_aws_call(
+        command, dead_endpoint, tmp_path, monkeypatch, capsys):
+    _no_aws_calls(monkeypatch)
+
+    status = main([*_command(command, tmp_path), "--endpoint-url", dead_endpoint])
+
+    err = capsys.readouterr().err
+    assert (status, f"cannot connect to endpoint {dead_endpoint}" in err) == (1, True), (
+        f"expected exit 1 naming {dead_endpoint}, got {status}: {err}")
+    assert not (tmp_path / "s.json").exists()
+
+
+@pytest.mark.parametrize("command", ["up", "sweep"])
+def test_an_endpoint_url_that_is_not_an_http_url_is_refused(command, tmp_path, monkeypatch,
+                                                            capsys):
+    _no_aws_calls(monkeypatch)
+
+    status = main([*_command(command, tmp_path), "--endpoint-url", "127.0.0.1:5000"])
+
+    err = capsys.readouterr().err
+    assert (status, "endpoint URL '127.0.0.1:5000'" in err, "http or https URL" in err) == (
+        2, True, True), f"expected exit 2 naming the URL and the form, got {status}: {err}"

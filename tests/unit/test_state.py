@@ -3,6 +3,7 @@ replaced atomically or not at all."""
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -10,7 +11,7 @@ from fixtures.moto import is_mutating
 from infra.network import Ec2Compute
 from infra.provision import build
 from infra.stack import Certificate, Network, Stack
-from infra.state import Ledger, read_state, write_state
+from infra.state import Ledger, StateFileError, read_state, write_state
 from infra.teardown import teardown
 from infra.waits import Waits
 
@@ -163,3 +164,109 @@ def test_the_state_file_is_replaced_by_a_rename_of_a_complete_file(tmp_path, mon
     assert [(state, os.fspath(path)) for state, path in renames] == [
         (new, os.fspath(state_path))], f"expected one rename of the new state; got {renames}"
     assert read_state(state_path) == new
+
+
+def _valid(**fields) -> dict:
+    return {"run_id": "abcd1", "region": "eu-west-1", "endpoint_url": "http://127.0.0.1:5000",
+            "account_id": "123456789012", "resources": [{"type": "ec2-vpc", "id": "vpc-1"}],
+            **fields}
+
+
+# A state file's text, and fragments the refusal must carry: the field and what is accepted.
+MALFORMED = {
+    "top level null": ("null", ["top level is null", "accepted an object"]),
+    "top level a number": ("5", ["top level is a number", "accepted an object"]),
+    "deeply nested": ("[" * 100_000 + "]" * 100_000, ["nests JSON too deeply"]),
+    "missing resources": (json.dumps({"run_id": "a", "region": "eu-west-1"}),
+                          ["missing resources"]),
+    "resources a string": (json.dumps(_valid(resources="vpc-1")),
+                           ["resources is a string", "accepted a list of objects"]),
+    "resources an object": (json.dumps(_valid(resources={"type": "ec2-vpc"})),
+                            ["resources is an object", "accepted a list of objects"]),
+    "resources null": (json.dumps(_valid(resources=None)),
+                       ["resources is null", "accepted a list of objects"]),
+    "resources of numbers": (json.dumps(_valid(resources=[1, 2])),
+                             ["resources[0] is a number", "accepted an object with type and id"]),
+    "entry without a type": (json.dumps(_valid(resources=[{"id": "vpc-1"}])),
+                             ["resources[0].type is None", "accepted a non-empty string"]),
+    "entry id a number": (json.dumps(_valid(resources=[{"type": "ec2-vpc", "id": 7}])),
+                          ["resources[0].id is 7", "accepted a non-empty string"]),
+    "attachment without its VPC": (
+        json.dumps(_valid(resources=[{"type": "ec2-internet-gateway-attachment",
+                                      "id": "igw-1"}])),
+        ["resources[0].vpc_id is None", "accepted a VPC id"]),
+    "run id a number": (json.dumps(_valid(run_id=5)), ["run_id is 5", "non-empty string"]),
+    "region a number": (json.dumps(_valid(region=5)), ["region 5", "eu-west-1"]),
+    "region empty": (json.dumps(_valid(region="")), ["region ''", "eu-west-1"]),
+    "endpoint a number": (json.dumps(_valid(endpoint_url=5000)),
+                          ["endpoint URL 5000", "accepted an http or https URL"]),
+    "endpoint not a URL": (json.dumps(_valid(endpoint_url="127.0.0.1:5000")),
+                           ["endpoint URL '127.0.0.1:5000'", "accepted an http or https URL"]),
+    "endpoint ftp": (json.dumps(_valid(endpoint_url="ftp://127.0.0.1/")),
+                     ["endpoint URL 'ftp://127.0.0.1/'", "accepted an http or https URL"]),
+    "account a number": (json.dumps(_valid(account_id=123456789012)),
+                         ["account_id is 123456789012", "accepted a 12-digit string"]),
+    "keep_logs a string": (json.dumps(_valid(keep_logs="no")),
+                           ["keep_logs is 'no'", "accepted true or false"]),
+    "not UTF-8": ('{"run_id": "\udcff"}', ["not UTF-8"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_a_malformed_state_file_is_refused_naming_the_file_and_the_field(case, tmp_path):
+    text, expected = MALFORMED[case]
+    state_path = tmp_path / "s.json"
+    state_path.write_bytes(text.encode("utf-8", "surrogateescape"))
+
+    with pytest.raises(StateFileError) as raised:
+        read_state(state_path)
+
+    message = str(raised.value)
+    for fragment in [str(state_path), *expected]:
+        assert fragment in message, f"expected {fragment!r} in the message; got: {message}"
+
+
+def test_a_valid_state_file_is_read_as_written(tmp_path):
+    state = _valid(endpoint_url=None, account_id=None, keep_logs=True, resources=[
+        {"type": "ec2-internet-gateway-attachment", "id": "igw-1", "vpc_id": "vpc-1"}])
+    write_state(tmp_path / "s.json", state)
+
+    assert read_state(tmp_path / "s.json") == state
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "device"])
+def test_a_state_path_that_is_not_a_regular_file_is_refused_without_reading_it(kind, tmp_path):
+    path = {"directory": tmp_path / "s.json", "fifo": tmp_path / "s.fifo",
+            "device": Path("/dev/zero")}[kind]
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+
+    with pytest.raises(StateFileError) as raised:
+        read_state(path)
+
+    expected = "is a directory" if kind == "directory" else "is not a regular file"
+    assert f"state file {path} {expected}" in str(raised.value), str(raised.value)
+
+
+def test_starting_a_ledger_keeps_a_malformed_state_file_that_lists_resources(tmp_path):
+    """Such a file may be the only record of a stack that is still up."""
+    state_path = tmp_path / "s.json"
+    text = json.dumps(_valid(region=""))
+    state_path.write_text(text)
+
+    with pytest.raises(StateFileError) as raised:
+        Ledger.start(state_path, _valid(resources=[]))
+
+    assert "may still list resources" in str(raised.value), str(raised.value)
+    assert state_path.read_text() == text, "the file must be left as it was"
+
+
+def test_starting_a_ledger_replaces_a_file_that_is_not_json(tmp_path):
+    state_path = tmp_path / "s.json"
+    state_path.write_text("{half a state")
+
+    Ledger.start(state_path, _valid(resources=[]))
+
+    assert read_state(state_path) == _valid(resources=[])
