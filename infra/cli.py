@@ -28,7 +28,7 @@ from infra.stack import Listener, TargetGroup, DEFAULT_LISTENERS
 from infra.state import StateFileError, read_state
 from infra.sweep import DEFAULT_AGE_S, run_resources, sweep
 from infra.teardown import down
-from infra.validation import validate
+from infra.validation import check_region, validate
 from infra.waits import Waits
 
 __all__ = ["main", "add_stack_options", "stack_from_args", "parse_duration", "STEP_DELAY_ENV",
@@ -51,8 +51,16 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-def _default_region() -> str:
-    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "eu-west-1"
+def _region(args) -> str:
+    """--region, else AWS_REGION, else AWS_DEFAULT_REGION, else eu-west-1: checked for form
+    wherever it came from (StackConfigError). An empty --region is refused, not taken for
+    "unset"."""
+    if args.region is not None:
+        return check_region(args.region, "--region")
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        if os.environ.get(name):
+            return check_region(os.environ[name], name)
+    return Stack.region
 
 
 def _add_target_options(parser: argparse.ArgumentParser) -> None:
@@ -140,7 +148,7 @@ def _listeners_from_args(args) -> tuple[Listener, ...]:
 def stack_from_args(args) -> Stack:
     """The Stack that parsed `add_stack_options` (plus --region) describe."""
     return Stack(
-        region=args.region or _default_region(),
+        region=_region(args),
         name_prefix=args.name_prefix,
         listeners=_listeners_from_args(args),
         ssl_policy=args.ssl_policy,
@@ -263,8 +271,9 @@ SWEEP_FOUND_STATUS = 3
 
 
 def _cmd_sweep(args) -> int:
+    region = _region(args)
     allowed = allowed_accounts(args.aws_account)
-    clients = Clients(args.region or _default_region(), _endpoint(args))
+    clients = Clients(region, _endpoint(args))
     check_account(clients, allowed)
     report = sweep(clients, args.older_than, yes=args.yes)
     for run in report.old:

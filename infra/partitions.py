@@ -29,7 +29,8 @@ def partition_of(region: str) -> str:
     Raises PartitionError for a malformed name and for the isolated partitions (`us-iso-*`,
     `us-isob-*`, `eu-isoe-*`), which have no public NLB documentation to test against.
     """
-    if not isinstance(region, str) or not REGION_PATTERN.match(region):
+    # fullmatch: `$` alone would let a trailing newline through.
+    if not isinstance(region, str) or not REGION_PATTERN.fullmatch(region):
         raise PartitionError(
             f"region {region!r} is not a region name; expected e.g. eu-west-1, cn-north-1, "
             "us-gov-west-1"
@@ -37,7 +38,7 @@ def partition_of(region: str) -> str:
     if "-iso" in region:
         raise PartitionError(
             f"region {region!r} is in an isolated partition; accepted: regions of the aws, "
-            "aws-cn and aws-us-gov partitions"
+            "aws-cn and aws-us-gov partitions, e.g. eu-west-1, cn-north-1, us-gov-west-1"
         )
     for prefix, partition in _PARTITIONS:
         if region.startswith(prefix):

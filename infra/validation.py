@@ -20,7 +20,7 @@ from infra.bucket_policy import allows_delivery, log_key_prefix
 from infra.partitions import PartitionError, partition_of
 from infra.stack import ALPN_POLICIES, Certificate, HealthCheck, Stack, StackConfigError
 
-__all__ = ["validate", "check_against_account", "StackConfigError"]
+__all__ = ["validate", "check_against_account", "check_region", "StackConfigError"]
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +47,27 @@ def validate(stack: Stack) -> None:
         raise StackConfigError("bad stack choices:\n  " + "\n  ".join(problems))
 
 
+def check_region(value, source: str | None = None) -> str:
+    """VALUE when it has the form of a region name of a partition this project serves
+    (`eu-west-1`, `cn-north-1`, `us-gov-west-1`); raises StackConfigError naming the value,
+    where it came from (SOURCE, e.g. `--region`) and the accepted form.
+
+    Only the form is checked, offline: whether AWS (or moto) knows the region is for it to
+    say. moto answers a call for a malformed region with an HTML error page, and an empty
+    one would silently fall back to a default region.
+    """
+    try:
+        partition_of(value)
+    except PartitionError as error:
+        raise StackConfigError(f"{source}: {error}" if source else str(error)) from None
+    return value
+
+
 def _check_identity(stack: Stack) -> list[str]:
     problems = []
     try:
-        partition_of(stack.region)
-    except PartitionError as error:
+        check_region(stack.region)
+    except StackConfigError as error:
         problems.append(str(error))
     if not _NAME_PREFIX.match(stack.name_prefix):
         problems.append(

@@ -435,3 +435,30 @@ def test_an_endpoint_url_that_is_not_an_http_url_is_refused(command, tmp_path, m
     err = capsys.readouterr().err
     assert (status, "endpoint URL '127.0.0.1:5000'" in err, "http or https URL" in err) == (
         2, True, True), f"expected exit 2 naming the URL and the form, got {status}: {err}"
+
+
+@pytest.mark.parametrize("command", ["up", "sweep"])
+@pytest.mark.parametrize("region", ["a b", "mars", ""])
+def test_a_region_that_is_not_a_region_name_is_refused_before_any_aws_call(
+        command, region, tmp_path, monkeypatch, capsys):
+    _no_aws_calls(monkeypatch)
+    arguments = _command(command, tmp_path)
+    arguments[arguments.index("--region") + 1] = region
+
+    status = main(arguments)
+
+    err = capsys.readouterr().err
+    assert (status, f"--region: region {region!r}" in err, "eu-west-1" in err) == (
+        2, True, True), f"expected exit 2 naming {region!r} and eu-west-1, got {status}: {err}"
+    assert not (tmp_path / "s.json").exists()
+
+
+def test_a_region_from_the_environment_is_checked_and_named(tmp_path, monkeypatch, capsys):
+    _no_aws_calls(monkeypatch)
+    monkeypatch.setenv("AWS_REGION", "mars")
+
+    status = main(["sweep"])
+
+    err = capsys.readouterr().err
+    assert (status, "AWS_REGION: region 'mars'" in err) == (2, True), (
+        f"expected exit 2 naming AWS_REGION='mars', got {status}: {err}")

@@ -19,7 +19,7 @@ from infra.stack import (
     TargetGroup,
 )
 from infra.aws import Clients
-from infra.validation import check_against_account, validate
+from infra.validation import check_against_account, check_region, validate
 
 pytestmark = pytest.mark.unit
 
@@ -260,3 +260,20 @@ def test_import_without_certificate_or_key_file_fails_before_any_create(
                    else Certificate.from_files(files.cert_file, None))
     _assert_refused_before_any_create(Stack(certificate=certificate), clients, calls, tmp_path,
                                       [f"importing needs a {missing}"])
+
+
+@pytest.mark.parametrize("region", ["eu-west-1", "cn-northwest-1", "us-gov-west-1",
+                                    "ap-southeast-3"])
+def test_check_region_returns_a_region_name(region):
+    assert check_region(region) == region
+
+
+@pytest.mark.parametrize("value", ["", "mars", "a b", "EU-WEST-1", "eu-west-1\n", 5, None,
+                                   "us-iso-east-1"])
+def test_check_region_refuses_anything_else_naming_the_value_and_the_form(value):
+    with pytest.raises(StackConfigError) as raised:
+        check_region(value, "--region")
+
+    message = str(raised.value)
+    assert message.startswith(f"--region: region {value!r}"), message
+    assert "eu-west-1" in message, f"expected the accepted form named; got {message}"
