@@ -25,7 +25,7 @@ from infra.provision import build
 from infra.reconcile import AccountMismatchError
 from infra.stack import AccessLogs, Certificate, HealthCheck, Network, Stack, StackConfigError
 from infra.stack import Listener, TargetGroup, DEFAULT_LISTENERS
-from infra.state import StateFileError, read_state
+from infra.state import StateFileError, check_state_path, read_state
 from infra.sweep import DEFAULT_AGE_S, run_resources, sweep
 from infra.teardown import down
 from infra.validation import check_region, validate
@@ -190,6 +190,7 @@ def _cmd_up(args) -> int:
     stack = stack_from_args(args)
     # Offline first: a bad choice is reported without any call to AWS, even the account check.
     validate(stack)
+    check_state_path(args.state_file)
     allowed = allowed_accounts(args.aws_account)
     clients = Clients(stack.region, _endpoint(args))
     check_account(clients, allowed)

@@ -202,34 +202,32 @@ def _json_type(value) -> str:
 
 
 def check_state_path(path: str | os.PathLike) -> Path:
-    """PATH, when a state file can be written there; raises StateFileError otherwise.
+    """PATH made absolute, when a state file can be written there; raises StateFileError
+    naming the path and what is accepted otherwise.
 
-    Accepted: an existing regular file, or a new name in a directory that exists and is
-    writable (or whose nearest existing ancestor is, since the file's directory is created).
-    The run directory `PATH.d` must be a directory when it exists. Checked before anything
-    is created, so a bad --state-file fails with a message and not after the first create.
+    Accepted: an existing regular file, or a new name, in a directory that exists and is
+    writable. A missing directory is refused rather than created: it is more often a typing
+    mistake than a wish. The run directory `PATH.d` must be a directory when it exists.
     """
     path = Path(path).absolute()
+    accepted = "accepted a file name in an existing, writable directory"
     if path.exists() and not path.is_file():
         kind = "a directory" if path.is_dir() else "not a regular file"
-        raise StateFileError(f"state file {path} is {kind}; accepted a file name in a "
-                             "writable directory")
-    ancestor = path.parent
-    while not ancestor.exists():
-        if ancestor.is_symlink():  # a dangling link: mkdir would fail on it
-            break
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise StateFileError(f"state file {path}: {ancestor} is not a directory; accepted a "
-                             "file name in a writable directory")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise StateFileError(f"state file {path}: directory {ancestor} is not writable; "
-                             "accepted a file name in a writable directory")
-    directory = run_directory(path)
-    if directory.exists() and not directory.is_dir():
-        raise StateFileError(f"state file {path}: {directory}, where the run keeps its "
-                             "generated keys, exists and is not a directory; remove it or "
-                             "give another --state-file")
+        raise StateFileError(f"state file {path} is {kind}; {accepted}")
+    directory = path.parent
+    if not directory.is_dir():
+        what = "is not a directory" if directory.exists() else "does not exist"
+        raise StateFileError(f"state file {path}: {directory} {what}; {accepted}")
+    # The file is written by a rename within its directory, which needs write and search
+    # permission there (and a file system that is not read-only, which access() reports).
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise StateFileError(f"state file {path}: directory {directory} is not writable; "
+                             f"{accepted}")
+    own = run_directory(path)
+    if own.exists() and not own.is_dir():
+        raise StateFileError(f"state file {path}: {own}, where the run keeps its generated "
+                             "keys, exists and is not a directory; remove it or give another "
+                             "--state-file")
     return path
 
 

@@ -462,3 +462,48 @@ def test_a_region_from_the_environment_is_checked_and_named(tmp_path, monkeypatc
     err = capsys.readouterr().err
     assert (status, "AWS_REGION: region 'mars'" in err) == (2, True), (
         f"expected exit 2 naming AWS_REGION='mars', got {status}: {err}")
+
+
+def _read_only(monkeypatch, directory: Path) -> None:
+    """Make DIRECTORY look read-only to access(): tests run as root here, for whom a mode
+    of 0555 still grants writing."""
+    real = os.access
+
+    def access(path, mode, **kwargs):
+        if Path(path) == directory and mode & os.W_OK:
+            return False
+        return real(path, mode, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("a directory", "is a directory"),
+    ("in a missing directory", "does not exist"),
+    ("under a file", "is not a directory"),
+    ("in a read-only directory", "is not writable"),
+    ("with a file as its run directory", "exists and is not a directory"),
+])
+def test_up_refuses_a_state_file_it_cannot_write_before_any_aws_call(
+        case, expected, tmp_path, monkeypatch, capsys):
+    _no_aws_calls(monkeypatch)
+    state_file = tmp_path / "s.json"
+    if case == "a directory":
+        state_file.mkdir()
+    elif case == "in a missing directory":
+        state_file = tmp_path / "missing" / "s.json"
+    elif case == "under a file":
+        (tmp_path / "file").write_text("")
+        state_file = tmp_path / "file" / "s.json"
+    elif case == "in a read-only directory":
+        _read_only(monkeypatch, tmp_path)
+    else:
+        (tmp_path / "s.json.d").write_text("")
+
+    status = main(["up", "--state-file", str(state_file), "--region", REGION])
+
+    err = capsys.readouterr().err
+    assert (status, err.count("\n")) == (2, 1), f"expected exit 2 and one line, got {status}: {err}"
+    assert f"state file {state_file}" in err and expected in err, (
+        f"expected {expected!r} and the path in the message, got {err}")
+    assert not (tmp_path / "missing").exists(), "a missing directory must not be created"

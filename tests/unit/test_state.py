@@ -11,7 +11,7 @@ from fixtures.moto import is_mutating
 from infra.network import Ec2Compute
 from infra.provision import build
 from infra.stack import Certificate, Network, Stack
-from infra.state import Ledger, StateFileError, read_state, write_state
+from infra.state import Ledger, StateFileError, check_state_path, read_state, write_state
 from infra.teardown import teardown
 from infra.waits import Waits
 
@@ -270,3 +270,13 @@ def test_starting_a_ledger_replaces_a_file_that_is_not_json(tmp_path):
     Ledger.start(state_path, _valid(resources=[]))
 
     assert read_state(state_path) == _valid(resources=[])
+
+
+def test_check_state_path_accepts_a_new_name_or_an_existing_file_and_makes_it_absolute(
+        tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "old.json").write_text("{}")
+
+    checked = [check_state_path("new.json"), check_state_path("old.json")]
+
+    assert checked == [tmp_path / "new.json", tmp_path / "old.json"], checked
