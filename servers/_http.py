@@ -21,7 +21,7 @@ from typing import List, Optional, Set
 
 from ._page import (
     BULK_CONTENT_TYPE,
-    MAX_BULK_BYTES,
+    BulkTooLarge,
     Connection,
     Page,
     TlsSession,
@@ -202,26 +202,29 @@ class _ConnectionHandler(socketserver.BaseRequestHandler):
             return False
         answer = _Answer(connection, request.request_line, request.version,
                          request.keep_alive)
-        bulk = bulk_length(request.target) if request.method != "POST" else None
+        with_body = request.method != "HEAD"
         if request.method not in METHODS:
             detail = f"{request.method} is not supported; {', '.join(METHODS)} are"
             answer.send(sock, 501, _error_page(501, detail))
-        elif bulk is not None and bulk > MAX_BULK_BYTES:
-            detail = f"/bytes/{bulk} asks for more than {MAX_BULK_BYTES} bytes; ask for fewer"
-            answer.send(sock, 400, _error_page(400, detail),
-                        with_body=request.method != "HEAD")
-        elif bulk is not None:
-            answer.stream(sock, bulk, with_body=request.method != "HEAD")
+            return request.keep_alive
+        try:
+            bulk = bulk_length(request.target) if request.method != "POST" else None
+        except BulkTooLarge as error:
+            answer.send(sock, 400, _error_page(400, str(error)), with_body=with_body)
+            return request.keep_alive
+        if bulk is not None:
+            answer.stream(sock, bulk, with_body=with_body)
         else:
             as_json = wants_json(request.header("accept"))
             page = render(request, body, connection, as_json)
-            answer.send(sock, 200, page, with_body=request.method != "HEAD")
+            answer.send(sock, 200, page, with_body=with_body)
         return request.keep_alive
 
     def _refuse(
         self, sock: socket.socket, error: HttpError, connection: Connection
     ) -> None:
-        _log.debug("refusing a request from %s: %s", connection.client_address, error)
+        _log.debug("refusing a request from %s: %d %s", connection.client_address,
+                   error.status, printable(error.detail))
         answer = _Answer(connection, error.request_line, "HTTP/1.1", keep_alive=False)
         answer.send(sock, error.status, _error_page(error.status, error.detail))
         _linger(sock)

@@ -5,6 +5,10 @@
 # that breaks a limit or the message syntax (RFC 9112) raises HttpError with the status
 # to answer; the caller answers and closes the connection, because the rest of the
 # stream can no longer be framed.
+#
+# An HttpError's detail and request_line hold the client's bytes as received (Latin-1
+# decoded), never escaped: the error page and the access log each escape them once, with
+# printable(). Escaping here as well would show a backslash as \x5c in the output.
 
 from __future__ import annotations
 
@@ -83,6 +87,7 @@ class HttpError(Exception):
     """A request answered with an error status, after which the connection is closed.
 
     request_line is what was read of the request line, for the access log ("-": none).
+    Both it and detail are unescaped text; whoever writes them out applies printable().
     """
 
     def __init__(self, status: int, detail: str, request_line: str = "-") -> None:
@@ -144,8 +149,10 @@ def _read_request_line(rfile: BinaryIO, limits: Limits) -> Optional[str]:
         if not raw:
             return None
         line = raw.rstrip(b"\r\n")
-        if len(line) > limits.max_request_line:
-            start = printable(line[:64].decode("latin-1"))
+        # A line within the limit and its CRLF take at most limit + 2 bytes. The raw
+        # length decides, not the stripped one: a run of CRs strips to nothing.
+        if len(raw) > limits.max_request_line + 2 or len(line) > limits.max_request_line:
+            start = raw[:64].decode("latin-1")
             detail = f"the request line is longer than {limits.max_request_line} bytes"
             raise HttpError(414, detail, start + "...")
         if not raw.endswith(b"\n"):
@@ -163,12 +170,12 @@ def _split_request_line(line: str) -> Tuple[str, str, str]:
         raise HttpError(400, detail, line)
     method, target, version = parts
     if not _TOKEN.match(method):
-        raise HttpError(400, f"the method {method!r} is not a token", line)
+        raise HttpError(400, f"the method '{method}' is not a token", line)
     if _CONTROL.search(target):
         raise HttpError(400, "the request target contains control characters", line)
     matched = _VERSION.match(version)
     if not matched:
-        detail = f"{version!r} is not an HTTP version; accepted: HTTP/1.0, HTTP/1.1"
+        detail = f"'{version}' is not an HTTP version; accepted: HTTP/1.0, HTTP/1.1"
         raise HttpError(400, detail, line)
     if matched.group(1) != "1":
         detail = f"{version} is not supported; HTTP/1.0 and HTTP/1.1 are"
@@ -201,7 +208,7 @@ def _parse_field(line: str) -> Tuple[str, str]:
         raise HttpError(400, "obsolete line folding (a field line starting with space)")
     name, colon, value = line.partition(":")
     if not colon or not _TOKEN.match(name):
-        raise HttpError(400, f"{printable(line[:64])!r} is not a 'Name: value' line")
+        raise HttpError(400, f"'{line[:64]}' is not a 'Name: value' line")
     value = value.strip(" \t")
     if _BAD_VALUE.search(value):
         raise HttpError(400, f"the {name} field value contains NUL or a bare CR")
@@ -266,10 +273,11 @@ def _content_length(values: List[str], max_body: int) -> Optional[int]:
     # RFC 9110, 8.6: "Content-Length: 5, 5" or a repeated identical field is one length.
     numbers = {item.strip() for value in values for item in value.split(",")}
     if len(numbers) != 1:
-        raise HttpError(400, f"conflicting Content-Length values {sorted(numbers)}")
+        shown = ", ".join(sorted(numbers))
+        raise HttpError(400, f"conflicting Content-Length values: {shown}")
     text = numbers.pop()
     if not _DIGITS.match(text):
-        detail = f"Content-Length {text!r} is not a decimal number of bytes"
+        detail = f"Content-Length '{text}' is not a decimal number of bytes"
         raise HttpError(400, detail)
     if len(text) > _MAX_SIZE_DIGITS or int(text) > max_body:
         detail = f"Content-Length {text} is over the body limit of {max_body} bytes"
@@ -309,8 +317,8 @@ def _read_chunk_size(rfile: BinaryIO) -> int:
         raise HttpError(400, detail)
     digits = raw.split(b";", 1)[0].strip(b" \t\r\n")
     if not _HEX.match(digits):
-        shown = printable(digits[:32].decode("latin-1"))
-        raise HttpError(400, f"chunk size {shown!r} is not a hex number")
+        shown = digits[:32].decode("latin-1")
+        raise HttpError(400, f"chunk size '{shown}' is not a hex number")
     if len(digits) > _MAX_SIZE_DIGITS:
         detail = f"a chunk size of {len(digits)} hex digits is over any body limit"
         raise HttpError(413, detail)

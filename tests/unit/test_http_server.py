@@ -332,6 +332,12 @@ def test_request_line_far_over_limit_gets_414(server):
     assert_serves(server.port)
 
 
+def test_request_line_of_only_carriage_returns_over_8_kib_gets_414(server):
+    status = status_of(server.port, b"\r" * 9000)
+    assert status == 414, f"expected 414 for 9000 CRs without a line feed, got {status}"
+    assert_serves(server.port)
+
+
 @pytest.mark.parametrize("total, expected", [(65536, 200), (65537, 431)])
 def test_header_section_limit_is_64_kib(server, total, expected):
     fixed = b"Host: x\r\nConnection: close\r\n"
@@ -447,6 +453,30 @@ def test_malformed_request_line_is_refused(server, line, expected):
     assert_serves(server.port)
 
 
+@pytest.mark.parametrize("start, fields, body, shown", [
+    ("G\xc3\x89T {path}", (), b"", r"the method 'G\xc3\x89T' is not a token"),
+    ("GET {path}", ("Bad\xc3\x89 Name: x",), b"",
+     r"'Bad\xc3\x89 Name: x' is not a 'Name: value' line"),
+    ("POST {path}", ("Content-Length: 1\xc3\x89",), b"",
+     r"Content-Length '1\xc3\x89' is not a decimal number of bytes"),
+    ("POST {path}", ("Transfer-Encoding: chunked",), b"z\xc3\x89\r\nabc\r\n0\r\n\r\n",
+     r"chunk size 'z\xc3\x89' is not a hex number"),
+], ids=["method", "field-line", "content-length", "chunk-size"])
+def test_error_page_and_log_escape_non_ascii_bytes_once(server, start, fields, body, shown):
+    path = f"/escaped-{uuid.uuid4().hex}"
+    line = start.format(path=path)
+    answer = exchange(server.port, request_bytes(line, *fields, body=body))
+    status, _, page = parse_response(answer)
+    text = page.decode("utf-8")
+    assert status == 400, f"expected 400, got {status}: {text!r}"
+    assert shown in text and "\\x5c" not in text, (
+        f"expected {shown!r} (each byte escaped once) in the error page, got {text!r}")
+    logged = line.replace("\xc3\x89", r"\xc3\x89")
+    entry = server.wait_for(re.escape(f'"{logged} HTTP/1.1" 400')).string
+    assert "\\x5c" not in entry, f"expected one escape in the access log, got {entry!r}"
+    assert_serves(server.port)
+
+
 def test_other_methods_get_501_with_allow(server):
     status, headers, _ = get(server.port, "/put", method="PUT", body=b"data")
     assert status == 501 and headers["allow"] == "GET, HEAD, POST", (status, headers)
@@ -545,6 +575,23 @@ def test_bytes_path_over_1_gib_gets_400_naming_the_limit(server):
     assert status == 400, f"expected 400, got {status}"
     assert b"more than 1073741824 bytes" in body, body
     assert_serves(server.port)
+
+
+@pytest.mark.parametrize("digits", ["9" * 21, "1" + "0" * 5000],
+                         ids=["21-digits", "5001-digits"])
+def test_bytes_path_with_a_long_number_gets_400_naming_the_limit(server, digits):
+    status, headers, body = get(server.port, f"/bytes/{digits}")
+    assert status == 400, f"expected 400 for a {len(digits)}-digit N, got {status}"
+    assert headers["content-type"].startswith("text/plain"), headers
+    assert b"more than 1073741824 bytes" in body, body
+    assert len(body) < 300, f"expected the page to cut N short, got {len(body)} bytes"
+    assert_serves(server.port)
+
+
+def test_bytes_path_leading_zeros_do_not_change_the_count(server):
+    status, headers, body = get(server.port, "/bytes/" + "0" * 30 + "5")
+    assert (status, headers["content-type"], body) == (
+        200, "application/octet-stream", bytes(range(5))), (status, headers, body[:100])
 
 
 def test_post_to_bytes_path_gets_the_page_with_its_body(server):
