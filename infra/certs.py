@@ -5,6 +5,7 @@ import logging
 import os
 import re
 import secrets
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,14 +24,21 @@ __all__ = [
     "CertificateAuthority",
     "CertificateChain",
     "CertificateError",
+    "CertificateFileError",
     "CertificateFiles",
     "KeyMismatchError",
     "UnsupportedKeyTypeError",
     "check_key_matches",
+    "dns_name_problem",
     "generate_chain",
     "key_algorithm_of",
     "key_type_of",
+    "load_certificates",
     "public_key_fingerprint",
+    "read_pem_file",
+    "MAX_PEM_FILE_BYTES",
+    "ACM_CERTIFICATE_MAX_BYTES",
+    "ACM_PRIVATE_KEY_MAX_BYTES",
 ]
 
 logger = logging.getLogger(__name__)
@@ -46,8 +54,22 @@ NLB_KEY_TYPES = frozenset(GENERATED_KEY_TYPES) | {"RSA_1024", "EC_secp521r1"}
 _BACKDATE = datetime.timedelta(hours=1)
 _LIFETIME = datetime.timedelta(days=5)
 _CA_KEY_TYPE = "EC_prime256v1"  # fast to generate; a CA's key type does not limit the leaf's
-_DNS_NAME = re.compile(r"^(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
-                       r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+# A DNS label as X.509 dNSName and ACM take it: letters, digits and hyphens (RFC 1034's
+# "LDH" rule, RFC 5280 4.2.1.6), neither starting nor ending with a hyphen, at most 63 long.
+_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_MAX_DNS_NAME = 253  # RFC 1035's limit on a name in text form, and ACM's on a domain name
+_DNS_ACCEPTED = ("accepted labels of ASCII letters, digits and hyphens (not first or last, "
+                 "at most 63 characters) separated by dots, at most 253 characters in all, "
+                 "optionally starting with one '*.' wildcard label")
+# ImportCertificate takes a certificate of at most 32 KiB (the API model's limit) and, as the
+# ACM guide says, a private key of at most 5 KB. A chain may reach 2 MiB at the API, but a
+# real chain of intermediates is a few kilobytes: every file (certificate, key, chain, CA
+# bundle) is read only up to 1 MiB, a bound no real one reaches and a device or runaway file
+# (/dev/zero) cannot turn into a MemoryError.
+ACM_CERTIFICATE_MAX_BYTES = 32 * 1024
+ACM_PRIVATE_KEY_MAX_BYTES = 5 * 1024
+MAX_PEM_FILE_BYTES = 1024 * 1024
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL)
 _ORGANIZATION = "NLB TLS verification suite (test only)"
 # cryptography names P-256 "secp256r1"; ACM calls the same curve "prime256v1".
 _ACM_CURVE_NAMES = {"secp256r1": "prime256v1"}
@@ -70,6 +92,70 @@ class KeyMismatchError(CertificateError):
 
 class UnsupportedKeyTypeError(CertificateError):
     """A key type this module cannot generate or name."""
+
+
+class CertificateFileError(CertificateError):
+    """A certificate, key, chain or CA bundle file that cannot be read as one: missing,
+    unreadable, not a regular file, or larger than MAX_PEM_FILE_BYTES."""
+
+
+def read_pem_file(path: Union[str, Path], limit: int = MAX_PEM_FILE_BYTES) -> bytes:
+    """The bytes of the regular file PATH, of at most LIMIT bytes.
+
+    Raises CertificateFileError naming the file and the rule it breaks: a directory, a
+    device or FIFO (opened without waiting for a writer), a file over LIMIT, or one that
+    cannot be opened. Only LIMIT + 1 bytes are ever read.
+    """
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as error:
+        raise CertificateFileError(f"cannot read {path}: {error.strerror}") from None
+    mode = os.fstat(descriptor).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(descriptor)
+        kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+        raise CertificateFileError(f"{path} is {kind}; accepted a PEM file")
+    with os.fdopen(descriptor, "rb", buffering=0) as handle:
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = handle.read(limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    if size > limit:
+        raise CertificateFileError(f"{path} is larger than {limit} bytes; accepted a PEM file "
+                                   f"of at most {limit} bytes")
+    return b"".join(chunks)
+
+
+def load_certificates(pem: bytes, *, only_certificates: bool = True) -> List[x509.Certificate]:
+    """The certificates of the PEM text PEM, in order; at least one.
+
+    With ONLY_CERTIFICATES (a chain file for ACM), anything but CERTIFICATE blocks and the
+    whitespace between them is refused; without it (a CA bundle, where comments between
+    certificates are common) other text is skipped. Raises CertificateError naming what was
+    found: never the content of a block, which may be a private key.
+    """
+    blocks = list(_PEM_BLOCK.finditer(pem))
+    if only_certificates:
+        others = sorted({b.group(1).decode() for b in blocks} - {"CERTIFICATE"})
+        if others:
+            raise CertificateError(f"holds {', '.join(others)} blocks; accepted CERTIFICATE "
+                                   "blocks only")
+        rest = _PEM_BLOCK.sub(b"", pem)
+        if rest.strip():
+            raise CertificateError(f"holds {len(rest.strip())} bytes outside PEM blocks; "
+                                   "accepted CERTIFICATE blocks only")
+    certificates = []
+    for index, block in enumerate(b for b in blocks if b.group(1) == b"CERTIFICATE"):
+        try:
+            certificates.append(x509.load_pem_x509_certificate(block.group(0)))
+        except ValueError as error:
+            raise CertificateError(f"certificate {index + 1} cannot be read: {error}") from None
+    if not certificates:
+        raise CertificateError("holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
+    return certificates
 
 
 @dataclass(frozen=True)
@@ -164,12 +250,43 @@ def _check_dns_names(dns_names: Sequence[str]) -> Tuple[str, ...]:
     if not names:
         raise CertificateError("a leaf certificate needs at least one DNS name; got none")
     for name in names:
-        if not isinstance(name, str) or len(name) > 253 or not _DNS_NAME.match(name):
-            raise CertificateError(
-                f"{name!r} is not a DNS name; accepted: ASCII labels of letters, digits and "
-                "hyphens separated by dots, optionally starting with '*.'"
-            )
+        problem = dns_name_problem(name)
+        if problem:
+            raise CertificateError(problem)
     return names
+
+
+def dns_name_problem(name: object) -> Optional[str]:
+    """Why NAME is not a DNS name a certificate (and ACM) takes, naming it; None if it is."""
+    reason = _dns_name_reason(name)
+    if reason is None:
+        return None
+    shown = repr(name) if len(repr(name)) <= 80 else f"{name[:60]!r}..."
+    return f"{shown} is not a DNS name: {reason}; {_DNS_ACCEPTED}"
+
+
+def _dns_name_reason(name: object) -> Optional[str]:
+    if not isinstance(name, str):
+        return "not a string"
+    if not name:
+        return "it is empty"
+    if len(name) > _MAX_DNS_NAME:
+        return f"it is {len(name)} characters long"
+    labels = name.split(".")
+    if labels[0] == "*":
+        labels = labels[1:]
+        if not labels:
+            return "a wildcard needs a name below it ('*.example.com')"
+    for label in labels:
+        if "*" in label:
+            return f"label {label!r}: a wildcard is accepted only as the whole first label"
+        if not label:
+            return "it has an empty label (a leading, trailing or doubled dot)"
+        if len(label) > 63:
+            return f"label {label[:20]!r}... is {len(label)} characters long"
+        if not _LABEL.fullmatch(label):
+            return f"label {label!r} holds other characters or starts or ends with '-'"
+    return None
 
 
 class CertificateAuthority:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import importlib.util
 import logging
@@ -111,8 +112,12 @@ def add_stack_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _certificate_from_args(args) -> Certificate:
+    # Files that do not apply to the chosen source are passed on, not dropped: validation
+    # refuses them, rather than a run silently ignoring a chain or CA bundle it was given.
     if args.certificate_arn:
-        return Certificate.existing(args.certificate_arn, args.ca_bundle)
+        return dataclasses.replace(
+            Certificate.existing(args.certificate_arn, args.ca_bundle),
+            cert_file=args.certificate_file, key_file=args.key_file, chain_file=args.chain_file)
     if bool(args.certificate_file) != bool(args.key_file):
         given, missing = ("--certificate-file", "--key-file") if args.certificate_file else (
             "--key-file", "--certificate-file")
@@ -123,9 +128,10 @@ def _certificate_from_args(args) -> Certificate:
     if args.certificate_file:
         return Certificate.from_files(args.certificate_file, args.key_file, args.chain_file,
                                       args.ca_bundle)
+    files = {"chain_file": args.chain_file, "ca_bundle": args.ca_bundle}
     if args.domain:
-        return Certificate(dns_names=tuple(args.domain), key_type=args.key_type)
-    return Certificate(key_type=args.key_type)
+        return Certificate(dns_names=tuple(args.domain), key_type=args.key_type, **files)
+    return Certificate(key_type=args.key_type, **files)
 
 
 def _listeners_from_args(args) -> tuple[Listener, ...]:

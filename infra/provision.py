@@ -170,8 +170,9 @@ class _Build:
             paths = {"cert_file": files.cert_file, "key_file": files.key_file,
                      "chain_file": files.chain_file, "ca_bundle": files.ca_bundle}
         else:
-            leaf, key = spec.cert_file.read_bytes(), spec.key_file.read_bytes()
-            intermediates = spec.chain_file.read_bytes() if spec.chain_file else b""
+            # Read as validation read them: regular files, bounded (certs.MAX_PEM_FILE_BYTES).
+            leaf, key = certs.read_pem_file(spec.cert_file), certs.read_pem_file(spec.key_file)
+            intermediates = certs.read_pem_file(spec.chain_file) if spec.chain_file else b""
             paths = {"cert_file": spec.cert_file, "key_file": spec.key_file,
                      "chain_file": spec.chain_file, "ca_bundle": spec.ca_bundle}
         KeyStore(self.ledger.state["keystore"]).put(key)

@@ -7,15 +7,19 @@ calls against the account (`check_against_account`).
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import logging
 import re
+import unicodedata
 from collections import Counter
 from pathlib import Path
 
 from botocore.exceptions import ClientError
+from cryptography import x509
 
 from infra import certs, policies
+from infra._log_keys import object_key
 from infra.bucket_policy import allows_delivery, log_key_prefix
 from infra.partitions import PartitionError, partition_of
 from infra.stack import ALPN_POLICIES, Certificate, HealthCheck, Stack, StackConfigError
@@ -32,6 +36,7 @@ _TARGET_GROUP_PROTOCOLS = ("TCP", "TLS")
 _HEALTH_CHECK_PROTOCOLS = ("TCP", "HTTP", "HTTPS")
 _SCHEMES = ("internet-facing", "internal")
 _SOURCES = ("generate", "import", "existing")
+_S3_KEY_MAX_BYTES = 1024  # an S3 object key is at most 1024 bytes of UTF-8
 
 
 def validate(stack: Stack) -> None:
@@ -222,10 +227,28 @@ def _check_certificate(label: str, certificate: Certificate, region: str) -> lis
     if certificate.source not in _SOURCES:
         return [f"{label}: source {certificate.source!r}; accepted {', '.join(_SOURCES)}"]
     if certificate.source == "generate":
-        return _check_generated(label, certificate)
+        return _check_unused_files(label, certificate) + _check_generated(label, certificate)
     if certificate.source == "import":
         return _check_files(label, certificate)
-    return _check_arn(label, certificate.arn, region)
+    problems = _check_unused_files(label, certificate)
+    if certificate.ca_bundle:
+        problems += _check_ca_bundle(label, certificate.ca_bundle)
+    return problems + _check_arn(label, certificate.arn, region)
+
+
+def _check_unused_files(label: str, certificate: Certificate) -> list[str]:
+    # Files a generated or an existing certificate would silently ignore: a generated one
+    # brings its own chain and CA bundle, an ACM one already holds its chain.
+    unused = {"certificate file": certificate.cert_file, "key file": certificate.key_file,
+              "chain file": certificate.chain_file}
+    if certificate.source == "generate":
+        unused["CA bundle"] = certificate.ca_bundle
+    if certificate.source == "existing":
+        advice = "ACM holds the certificate of an ARN and its chain; leave the file out"
+    else:
+        advice = "give the certificate file and its key too, or leave it out"
+    return [f"{label}: a {name} ({path}) applies to an imported certificate only; {advice}"
+            for name, path in unused.items() if path is not None]
 
 
 def _check_generated(label: str, certificate: Certificate) -> list[str]:
@@ -237,6 +260,10 @@ def _check_generated(label: str, certificate: Certificate) -> list[str]:
         )
     if not certificate.dns_names:
         problems.append(f"{label}: a generated certificate needs at least one DNS name")
+    for name in certificate.dns_names:
+        problem = certs.dns_name_problem(name)
+        if problem:
+            problems.append(f"{label}: {problem}")
     return problems
 
 
@@ -249,16 +276,56 @@ def _check_files(label: str, certificate: Certificate) -> list[str]:
         if path is None:
             return [f"{label}: importing needs a {name}"]
         try:
-            contents[name] = Path(path).read_bytes()
-        except OSError as error:
-            return [f"{label}: cannot read {name} {path}: {error.strerror}"]
+            contents[name] = certs.read_pem_file(path)
+        except certs.CertificateFileError as error:
+            return [f"{label}: {name} {error}"]
     cert_pem, key_pem = contents["certificate file"], contents["key file"]
+    problems = _check_sizes(label, certificate, cert_pem, key_pem)
     try:
         certs.check_key_matches(cert_pem, key_pem)
         key_type = certs.key_type_of(cert_pem)
     except certs.CertificateError as error:
-        return [f"{label} ({certificate.cert_file}, {certificate.key_file}): {error}"]
-    return _check_key_type(f"{label} {certificate.cert_file}", key_type)
+        return problems + [f"{label} ({certificate.cert_file}, {certificate.key_file}): {error}"]
+    problems += _check_key_type(f"{label} {certificate.cert_file}", key_type)
+    if "chain file" in contents:
+        problems += _check_chain(label, certificate.chain_file, contents["chain file"],
+                                 cert_pem)
+    if certificate.ca_bundle:
+        problems += _check_ca_bundle(label, certificate.ca_bundle)
+    return problems
+
+
+def _check_sizes(label: str, certificate: Certificate, cert_pem: bytes,
+                 key_pem: bytes) -> list[str]:
+    limits = (("certificate file", certificate.cert_file, cert_pem,
+               certs.ACM_CERTIFICATE_MAX_BYTES),
+              ("key file", certificate.key_file, key_pem, certs.ACM_PRIVATE_KEY_MAX_BYTES))
+    return [f"{label}: {name} {path} is {len(content)} bytes; ACM imports at most {limit}"
+            for name, path, content, limit in limits if len(content) > limit]
+
+
+def _check_chain(label: str, path: Path, chain_pem: bytes, cert_pem: bytes) -> list[str]:
+    # ACM takes the intermediates alone, in PEM; the leaf in the chain, or anything else
+    # in the file (a private key pasted in), makes clients fail to build a path, or leaks.
+    try:
+        chain = certs.load_certificates(chain_pem)
+    except certs.CertificateError as error:
+        return [f"{label}: chain file {path} {error}"]
+    leaf = x509.load_pem_x509_certificate(cert_pem)
+    if any(member == leaf for member in chain):
+        return [f"{label}: chain file {path} contains the leaf certificate itself; accepted "
+                "the intermediates only, the leaf excluded"]
+    return []
+
+
+def _check_ca_bundle(label: str, path: Path) -> list[str]:
+    try:
+        certs.load_certificates(certs.read_pem_file(path), only_certificates=False)
+    except certs.CertificateFileError as error:
+        return [f"{label}: CA bundle {error}"]
+    except certs.CertificateError as error:
+        return [f"{label}: CA bundle {path} {error}"]
+    return []
 
 
 def _check_key_type(label: str, key_type: str) -> list[str]:
@@ -294,7 +361,9 @@ def _check_access_logs(stack: Stack) -> list[str]:
     prefix = stack.access_logs.prefix
     if not stack.access_logs.enabled:
         return []
-    problems = []
+    if not isinstance(prefix, str):
+        return [f"log prefix {prefix!r}: accepted a string, e.g. 'nlb-tls'"]
+    problems = _check_prefix_text(prefix, stack.region)
     if prefix.startswith("/") or prefix.endswith("/"):
         problems.append(
             f"log prefix {prefix!r} starts or ends with '/'; accepted a prefix without leading "
@@ -306,6 +375,41 @@ def _check_access_logs(stack: Stack) -> list[str]:
             "adds AWSLogs/ACCOUNT/ itself)"
         )
     return problems
+
+
+def _check_prefix_text(prefix: str, region: str) -> list[str]:
+    problems = []
+    odd = sorted({c for c in prefix if c.isspace() or unicodedata.category(c).startswith("C")})
+    if odd:
+        problems.append(
+            f"log prefix {prefix!r} holds whitespace or control characters "
+            f"({', '.join(repr(c) for c in odd)}); accepted printable characters without "
+            "spaces, e.g. 'team/nlb-tls'")
+    if "//" in prefix:
+        problems.append(f"log prefix {prefix!r} holds an empty segment ('//'); accepted "
+                        "segments separated by single slashes, e.g. 'team/nlb-tls'")
+    limit = _longest_prefix_bytes(region)
+    if limit is not None and len(prefix.encode("utf-8")) > limit:
+        problems.append(
+            f"log prefix of {len(prefix.encode('utf-8'))} bytes ({prefix[:40]!r}...) is too "
+            f"long: S3 keys are at most {_S3_KEY_MAX_BYTES} bytes and the log object's own "
+            f"key takes {_S3_KEY_MAX_BYTES - limit} of them in {region}; accepted at most "
+            f"{limit} bytes")
+    return problems
+
+
+def _longest_prefix_bytes(region: str) -> int | None:
+    """The longest prefix that leaves room for the longest log object key AWS writes in
+    REGION: a 32-character load balancer name, its 16-character id, and a random part of
+    the 8 characters every key seen has, with room for twice that. None for a bad region
+    (reported on its own)."""
+    try:
+        check_region(region)
+    except StackConfigError:
+        return None
+    end = datetime.datetime(2000, 12, 31, 23, 55, tzinfo=datetime.timezone.utc)
+    key = object_key(None, "0" * 12, region, "n" * 32, "0" * 16, end, "r" * 16)
+    return _S3_KEY_MAX_BYTES - len(key) - 1  # the slash after the prefix
 
 
 def _check_network(stack: Stack) -> list[str]:

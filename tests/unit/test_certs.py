@@ -276,3 +276,63 @@ def test_acm_import_under_moto_reports_the_same_key_algorithm(chains, key_type, 
         )["CertificateArn"]
         described = acm.describe_certificate(CertificateArn=arn)["Certificate"]
     assert described["KeyAlgorithm"] == key_type, described["KeyAlgorithm"]
+
+
+def test_read_pem_file_reads_a_regular_file_up_to_its_limit(tmp_path):
+    path = tmp_path / "f.pem"
+    path.write_bytes(b"x" * 10)
+
+    assert certs.read_pem_file(path, limit=10) == b"x" * 10
+    with pytest.raises(certs.CertificateFileError) as raised:
+        certs.read_pem_file(path, limit=9)
+    assert str(raised.value) == (f"{path} is larger than 9 bytes; accepted a PEM file of at "
+                                 "most 9 bytes")
+
+
+@pytest.mark.parametrize("path, kind", [("/dev/zero", "not a regular file"),
+                                        ("/", "a directory")])
+def test_read_pem_file_refuses_what_is_not_a_regular_file(path, kind):
+    with pytest.raises(certs.CertificateFileError) as raised:
+        certs.read_pem_file(path)
+    assert str(raised.value) == f"{path} is {kind}; accepted a PEM file"
+
+
+def test_load_certificates_returns_a_chain_in_order(chains):
+    chain = chains["RSA_2048"]
+
+    loaded = certs.load_certificates(chain.leaf_pem + chain.chain_pem)
+
+    assert loaded == _load_all(chain.leaf_pem + chain.chain_pem) and len(loaded) == 2
+
+
+def test_load_certificates_names_a_private_key_block_without_showing_it(chains):
+    chain = chains["EC_prime256v1"]
+    with pytest.raises(certs.CertificateError) as raised:
+        certs.load_certificates(chain.chain_pem + chain.key_pem)
+    message = str(raised.value)
+    assert message == "holds PRIVATE KEY blocks; accepted CERTIFICATE blocks only", message
+
+
+def test_load_certificates_of_a_bundle_skips_text_between_certificates(chains):
+    chain = chains["RSA_2048"]
+    bundle = b"# a comment\n" + chain.ca_bundle_pem + b"subject=...\n"
+
+    assert certs.load_certificates(bundle, only_certificates=False) == _load_all(
+        chain.ca_bundle_pem)
+    with pytest.raises(certs.CertificateError, match="outside PEM blocks"):
+        certs.load_certificates(bundle)
+
+
+@pytest.mark.parametrize("name, reason", [
+    ("", "it is empty"),
+    ("*.*.a", "label '*': a wildcard is accepted only as the whole first label"),
+    ("a*.test", "label 'a*': a wildcard is accepted only as the whole first label"),
+    ("*", "a wildcard needs a name below it"),
+    ("a.test.", "an empty label"),
+    ("-a.test", "label '-a' holds other characters or starts or ends with '-'"),
+    ("a" * 64 + ".test", "is 64 characters long"),
+    ("b." * 127, "it is 254 characters long"),
+])
+def test_dns_name_problem_says_why_a_name_is_refused(name, reason):
+    problem = certs.dns_name_problem(name)
+    assert problem is not None and reason in problem, f"expected {reason!r}; got {problem!r}"

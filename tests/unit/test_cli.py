@@ -507,3 +507,25 @@ def test_up_refuses_a_state_file_it_cannot_write_before_any_aws_call(
     assert f"state file {state_file}" in err and expected in err, (
         f"expected {expected!r} and the path in the message, got {err}")
     assert not (tmp_path / "missing").exists(), "a missing directory must not be created"
+
+
+@pytest.mark.parametrize("given, expected", [
+    (["--chain-file", "c.pem"], "a chain file (c.pem) applies to an imported certificate only"),
+    (["--ca-bundle", "ca.pem"], "a CA bundle (ca.pem) applies to an imported certificate only"),
+    (["--certificate-arn", "arn:aws:acm:eu-west-1:123456789012:certificate/abc",
+      "--chain-file", "c.pem"], "a chain file (c.pem) applies to an imported certificate only"),
+    (["--certificate-file", "/dev/zero", "--key-file", "/dev/zero"],
+     "certificate file /dev/zero is not a regular file"),
+    (["--domain", ""], "'' is not a DNS name"),
+    (["--log-prefix", "a\nb"], "log prefix 'a\\nb' holds whitespace or control characters"),
+])
+def test_up_refuses_certificate_and_log_options_it_would_ignore_or_aws_would_refuse(
+        given, expected, tmp_path, monkeypatch, capsys):
+    _no_aws_calls(monkeypatch)
+
+    status = main(["up", "--state-file", str(tmp_path / "s.json"), "--region", REGION, *given])
+
+    err = capsys.readouterr().err
+    assert (status, expected in err) == (2, True), (
+        f"expected exit 2 and {expected!r}, got {status}: {err}")
+    assert not (tmp_path / "s.json").exists()

@@ -1,5 +1,6 @@
 """Every bad stack choice fails before any create call, naming the value and what is accepted."""
 
+import dataclasses
 import datetime
 import json
 import uuid
@@ -277,3 +278,152 @@ def test_check_region_refuses_anything_else_naming_the_value_and_the_form(value)
     message = str(raised.value)
     assert message.startswith(f"--region: region {value!r}"), message
     assert "eu-west-1" in message, f"expected the accepted form named; got {message}"
+
+
+LONG_LABEL = "a" * 64
+LONG_NAME = ".".join(["b" * 60] * 5)  # 304 characters
+NAME_CASES = {
+    "empty domain": (dict(certificate=Certificate(dns_names=("",))),
+                     ["certificate: '' is not a DNS name: it is empty", "253"]),
+    "two wildcards": (dict(certificate=Certificate(dns_names=("*.*.a",))),
+                      ["'*.*.a' is not a DNS name", "only as the whole first label"]),
+    "label over 63": (dict(certificate=Certificate(dns_names=(f"{LONG_LABEL}.test",))),
+                      ["is 64 characters long", "at most 63 characters"]),
+    "name over 253": (dict(certificate=Certificate(dns_names=(LONG_NAME,))),
+                      ["is 304 characters long", "at most 253 characters"]),
+    "SNI name with a space": (dict(extra_certificates=(Certificate(dns_names=("bad domain",)),)),
+                              ["extra certificate 1: 'bad domain' is not a DNS name",
+                               "letters, digits and hyphens"]),
+    "prefix with a newline": (dict(access_logs=AccessLogs(prefix="a\nb")),
+                              ["log prefix 'a\\nb'", "whitespace or control characters"]),
+    "prefix with a space": (dict(access_logs=AccessLogs(prefix="team logs")),
+                            ["log prefix 'team logs'", "without spaces"]),
+    "prefix with an empty segment": (dict(access_logs=AccessLogs(prefix="a//b")),
+                                     ["log prefix 'a//b'", "single slashes"]),
+    "prefix too long for S3 keys": (dict(access_logs=AccessLogs(prefix="p" * 900)),
+                                    ["log prefix of 900 bytes", "S3 keys are at most 1024 "
+                                     "bytes", "accepted at most 824 bytes"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NAME_CASES))
+def test_bad_name_or_prefix_fails_before_any_create(case, clients, calls, tmp_path):
+    fields, expected = NAME_CASES[case]
+    _assert_refused_before_any_create(Stack(**fields), clients, calls, tmp_path, expected)
+
+
+@pytest.mark.parametrize("name", ["a.test", "*.a.test", "xn--bcher-kva.test", "localhost",
+                                  f"{'c' * 63}.test", ".".join(["d" * 62] * 4)])
+def test_dns_names_acm_and_x509_take_pass_validation(name):
+    validate(Stack(certificate=Certificate(dns_names=(name,))))
+
+
+def test_the_longest_accepted_prefix_passes_validation():
+    validate(Stack(access_logs=AccessLogs(prefix="p" * 824)))
+
+
+@pytest.fixture
+def import_files(test_chain_files, tmp_path):
+    """Paths of the session chain's files, and a place to make bad ones."""
+    files = test_chain_files
+
+    def make(name: str, content: bytes):
+        path = tmp_path / name
+        path.write_bytes(content)
+        return path
+
+    return files, make
+
+
+def _imported(files, **changes) -> Stack:
+    given = {"cert_file": files.cert_file, "key_file": files.key_file,
+             "chain_file": files.chain_file, "ca_bundle": files.ca_bundle, **changes}
+    return Stack(certificate=Certificate.from_files(**given))
+
+
+def _file_case(case, files, make, tmp_path):
+    """(stack, expected fragments) for one bad file given to an imported certificate."""
+    key = files.key_file.read_bytes()
+    leaf = files.cert_file.read_bytes()
+    if case == "chain of random bytes":
+        path = make("chain.pem", bytes(range(256)) * 4)
+        return _imported(files, chain_file=path), [f"chain file {path} holds", "1024 bytes "
+                                                   "outside PEM blocks", "CERTIFICATE blocks"]
+    if case == "chain holding a private key":
+        path = make("chain.pem", files.chain_file.read_bytes() + key)
+        return _imported(files, chain_file=path), [f"chain file {path} holds PRIVATE KEY "
+                                                   "blocks", "accepted CERTIFICATE blocks"]
+    if case == "chain holding the leaf":
+        path = make("chain.pem", leaf + files.chain_file.read_bytes())
+        return _imported(files, chain_file=path), [f"chain file {path} contains the leaf",
+                                                   "the leaf excluded"]
+    if case == "CA bundle is a directory":
+        return _imported(files, ca_bundle=tmp_path), [f"CA bundle {tmp_path} is a directory"]
+    if case == "CA bundle without a certificate":
+        path = make("ca.pem", b"# no certificates here\n")
+        return _imported(files, ca_bundle=path), [f"CA bundle {path} holds no PEM certificate"]
+    if case == "certificate over ACM's 32 KiB":
+        path = make("cert.pem", leaf + b"\n" * 40_000)
+        return _imported(files, cert_file=path), [
+            f"certificate file {path} is {len(leaf) + 40_000} bytes", "at most 32768"]
+    if case == "key over 5 KB":
+        path = make("key.pem", key + b"\n" * 6_000)
+        return _imported(files, key_file=path), [
+            f"key file {path} is {len(key) + 6_000} bytes", "at most 5120"]
+    raise AssertionError(case)
+
+
+FILE_CASES = ["chain of random bytes", "chain holding a private key", "chain holding the leaf",
+              "CA bundle is a directory", "CA bundle without a certificate",
+              "certificate over ACM's 32 KiB", "key over 5 KB"]
+
+
+@pytest.mark.parametrize("case", FILE_CASES)
+def test_bad_certificate_file_fails_before_any_create(case, import_files, clients, calls,
+                                                      tmp_path):
+    files, make = import_files
+    stack, expected = _file_case(case, files, make, tmp_path)
+    _assert_refused_before_any_create(stack, clients, calls, tmp_path, expected)
+
+
+def test_the_session_chain_files_pass_validation(test_chain_files):
+    validate(_imported(test_chain_files))
+
+
+@pytest.mark.parametrize("field", ["cert_file", "key_file", "chain_file", "ca_bundle"])
+def test_a_device_given_as_a_certificate_file_is_refused_without_reading_it(
+        field, test_chain_files, clients, calls, tmp_path):
+    stack = _imported(test_chain_files, **{field: "/dev/zero"})
+    _assert_refused_before_any_create(stack, clients, calls, tmp_path,
+                                      ["/dev/zero is not a regular file"])
+
+
+def test_a_file_over_the_read_limit_is_refused_naming_the_limit(test_chain_files, tmp_path):
+    big = tmp_path / "big.pem"
+    with open(big, "wb") as handle:
+        handle.truncate(certs.MAX_PEM_FILE_BYTES + 1)
+    with pytest.raises(StackConfigError) as raised:
+        validate(_imported(test_chain_files, chain_file=big))
+    message = str(raised.value)
+    assert f"{big} is larger than {certs.MAX_PEM_FILE_BYTES} bytes" in message, message
+
+
+@pytest.mark.parametrize("given, expected", [
+    (dict(chain_file="/some/chain.pem"), "a chain file (/some/chain.pem) applies to an "
+                                         "imported certificate only"),
+    (dict(ca_bundle="/some/ca.pem"), "a CA bundle (/some/ca.pem) applies to an imported "
+                                     "certificate only"),
+])
+def test_files_a_generated_certificate_would_ignore_are_refused(given, expected):
+    with pytest.raises(StackConfigError) as raised:
+        validate(Stack(certificate=Certificate(**given)))
+    assert expected in str(raised.value), str(raised.value)
+
+
+def test_a_chain_file_with_an_acm_certificate_arn_is_refused():
+    arn = "arn:aws:acm:eu-west-1:123456789012:certificate/abc"
+    certificate = dataclasses.replace(Certificate.existing(arn), chain_file="/some/chain.pem")
+    with pytest.raises(StackConfigError) as raised:
+        validate(Stack(certificate=certificate))
+    message = str(raised.value)
+    assert "a chain file (/some/chain.pem) applies to an imported certificate only" in message
