@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import signal
 import sys
 import threading
-from typing import Optional
+from typing import Iterator, Optional
 
 from ._http import BackendServer, access_log, host_port
 from ._request import Limits
 
 __all__ = [
+    "StartupInterrupted",
     "StopRequest",
     "add_server_arguments",
     "chosen_port",
@@ -22,38 +24,71 @@ __all__ = [
     "limits_from",
     "listening_line",
     "serve_until_stopped",
+    "stopped_while_starting",
 ]
 
 _log = logging.getLogger(__name__)
 _LIFECYCLE_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 
 
+class StartupInterrupted(Exception):
+    """A stop signal arrived while the server was starting (see StopRequest.starting)."""
+
+
 class StopRequest:
     """Set by SIGTERM or SIGINT; the main thread waits on it while the server serves.
+    reason says why, for the log ("on SIGTERM").
 
     install() comes first in a main(), so a signal during start-up still ends cleanly.
     """
 
     def __init__(self) -> None:
         self.event = threading.Event()
-        self.signal_name: Optional[str] = None
+        self.reason: Optional[str] = None
+        self._starting = False
 
     def install(self) -> "StopRequest":
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._received)
         return self
 
+    @contextlib.contextmanager
+    def starting(self) -> Iterator[None]:
+        """A start-up step a signal interrupts: the handler raises StartupInterrupted.
+
+        Setting the event alone would wait for the step to finish, and making a
+        certificate can take long (openssl req is given a minute). The exception unwinds
+        through the step's finally blocks: a temporary key directory is still removed,
+        and subprocess.run kills the openssl it started.
+        """
+        if self.event.is_set():
+            raise StartupInterrupted(self.reason)
+        self._starting = True
+        try:
+            yield
+        finally:
+            self._starting = False
+
     def _received(self, signum: int, frame) -> None:  # noqa: ANN001
-        self.signal_name = signal.Signals(signum).name
+        self.reason = f"on {signal.Signals(signum).name}"
         self.event.set()
+        if self._starting:
+            self._starting = False  # a second signal during unwinding is not raised
+            raise StartupInterrupted(self.reason)
 
 
 def serve_until_stopped(server: BackendServer, stop: StopRequest) -> int:
     """Serve until a stop signal, then stop the server; exit status 0."""
     server.start()
     stop.event.wait()
-    _log.info("stopping on %s", stop.signal_name)
+    _log.info("stopping %s", stop.reason)
     server.stop()
+    return 0
+
+
+def stopped_while_starting(stop: StopRequest) -> int:
+    """Log a stop that came during start-up; exit status 0, as for a stop later."""
+    _log.info("stopping %s during start-up", stop.reason)
     return 0
 
 

@@ -24,6 +24,7 @@ import sys
 from typing import List, Optional
 
 from ._cli import (
+    StartupInterrupted,
     StopRequest,
     add_server_arguments,
     chosen_port,
@@ -32,6 +33,7 @@ from ._cli import (
     limits_from,
     listening_line,
     serve_until_stopped,
+    stopped_while_starting,
 )
 from ._http import BackendServer
 from ._request import Limits
@@ -66,7 +68,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     stop = StopRequest().install()
     configure_logging(args.verbose)
     try:
-        server = make_server(args.listen, port, limits=limits_from(args))
+        with stop.starting():
+            server = make_server(args.listen, port, limits=limits_from(args))
+    except StartupInterrupted:
+        return stopped_while_starting(stop)
     except OSError as error:
         return fail(PROG, f"cannot listen on {args.listen} port {port}: {error}")
     _log.info("HTTP server %s", listening_line(server))

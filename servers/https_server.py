@@ -12,8 +12,9 @@ throwaway self-signed certificate made with the openssl command at start (the NL
 not validate target certificates); its key lives in a private temporary directory only
 until it is loaded.
 
-A certificate and key that do not belong together, an encrypted key, a missing file or
-a file that is not PEM stop the server before it listens: one message, exit status 2.
+A certificate and key that do not belong together, an encrypted key, a missing file,
+a file that is not PEM, not a regular file or larger than 1 MiB stop the server before
+it listens: one message, exit status 2.
 
 In-process use::
 
@@ -34,6 +35,7 @@ import re
 import shutil
 import socket
 import ssl
+import stat
 import subprocess
 import sys
 import tempfile
@@ -43,6 +45,7 @@ from pathlib import Path
 from typing import Iterator, List, Optional
 
 from ._cli import (
+    StartupInterrupted,
     StopRequest,
     add_server_arguments,
     chosen_port,
@@ -51,6 +54,7 @@ from ._cli import (
     limits_from,
     listening_line,
     serve_until_stopped,
+    stopped_while_starting,
 )
 from ._http import BackendServer
 from ._request import Limits
@@ -59,6 +63,7 @@ from .keypair import EncryptedKey, KeyPairError, NotPem, check_pair, spki_finger
 __all__ = [
     "CIPHERS",
     "DEFAULT_PORT",
+    "MAX_PEM_FILE_BYTES",
     "CertificateLoadError",
     "CertificateSetupError",
     "HttpsServer",
@@ -88,6 +93,9 @@ ALPN_PROTOCOLS = ("http/1.1", "http/1.0")
 SELF_SIGNED_KEY_TYPE = "RSA"
 SELF_SIGNED_KEY_BITS = 2048
 _OPENSSL_TIMEOUT = 60.0
+# A certificate, key or chain file is a few KiB; the cap keeps a wrong path (a device,
+# a log file) from being read into memory whole.
+MAX_PEM_FILE_BYTES = 1024 * 1024
 
 
 class CertificateSetupError(Exception):
@@ -95,7 +103,8 @@ class CertificateSetupError(Exception):
 
 
 class UnreadableFile(CertificateSetupError):
-    """A --cert, --key or --chain file is missing, a directory, or not readable."""
+    """A --cert, --key or --chain file is missing, not a regular file, too large (over
+    MAX_PEM_FILE_BYTES) or not readable."""
 
 
 class OpensslMissing(CertificateSetupError):
@@ -213,15 +222,7 @@ def _load_files(
 
 
 def _read_pem(path: str, role: str, openssl_command: str) -> bytes:
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise UnreadableFile(f"the {role} file {path} does not exist") from None
-    except IsADirectoryError:
-        raise UnreadableFile(f"the {role} file {path} is a directory") from None
-    except PermissionError:
-        raise UnreadableFile(f"the {role} file {path} cannot be read: permission denied"
-                             ) from None
+    data = _read_small_file(path, role)
     if b"-----BEGIN " not in data:
         raise NotPem(
             f"the {role} file {path} is not PEM (no '-----BEGIN' line); if it is DER, "
@@ -229,6 +230,45 @@ def _read_pem(path: str, role: str, openssl_command: str) -> bytes:
             f"-out {path}.pem"
         )
     return data
+
+
+def _read_small_file(path: str, role: str) -> bytes:
+    """The content of a regular file of at most MAX_PEM_FILE_BYTES; else UnreadableFile."""
+    try:
+        # O_NONBLOCK: opening a FIFO would otherwise wait for a writer, for ever. It
+        # changes nothing for the regular file that is then required.
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise UnreadableFile(f"the {role} file {path} does not exist") from None
+    except PermissionError:
+        raise UnreadableFile(f"the {role} file {path} cannot be read: permission denied"
+                             ) from None
+    except OSError as error:
+        raise UnreadableFile(f"the {role} file {path} cannot be opened: {error.strerror}"
+                             ) from None
+    with open(descriptor, "rb") as file:
+        mode = os.fstat(descriptor).st_mode
+        if stat.S_ISDIR(mode):
+            raise UnreadableFile(f"the {role} file {path} is a directory")
+        if not stat.S_ISREG(mode):
+            raise UnreadableFile(
+                f"the {role} file {path} is not a regular file ({_file_kind(mode)}); "
+                "give a PEM file"
+            )
+        # One byte over the cap tells a file that grew since fstat from one that fits.
+        data = file.read(MAX_PEM_FILE_BYTES + 1)
+    if len(data) > MAX_PEM_FILE_BYTES:
+        raise UnreadableFile(
+            f"the {role} file {path} is larger than {MAX_PEM_FILE_BYTES} bytes (1 MiB); "
+            "a PEM certificate, key or chain is a few KiB: check the path"
+        )
+    return data
+
+
+def _file_kind(mode: int) -> str:
+    kinds = [(stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket")]
+    return next((name for test, name in kinds if test(mode)), "not a file")
 
 
 def _check_usable(path: str, role: str, pem: bytes) -> None:
@@ -345,8 +385,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     stop = StopRequest().install()
     configure_logging(args.verbose)
     try:
-        server = make_server(args.listen, port, cert_file=args.cert, key_file=args.key,
-                             chain_file=args.chain, limits=limits_from(args))
+        # Loading runs openssl req or reads files: a signal interrupts it (see starting).
+        with stop.starting():
+            server = make_server(args.listen, port, cert_file=args.cert,
+                                 key_file=args.key, chain_file=args.chain,
+                                 limits=limits_from(args))
+    except StartupInterrupted:
+        return stopped_while_starting(stop)
     except (CertificateSetupError, KeyPairError) as error:
         return fail(PROG, str(error))
     except OSError as error:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -27,6 +29,7 @@ from OpenSSL import SSL
 
 from tests.unit.test_http_server import (
     REPO_ROOT,
+    ServerProcess,
     parse_response,
     request_bytes,
     start_server,
@@ -516,6 +519,66 @@ def test_files_that_are_not_pem_exit_2_naming_them(pki):
     ]
     for args, fragments in cases:
         assert_refused(run_https(*args), *fragments)
+
+
+@pytest.mark.parametrize("flag", ["--cert", "--key", "--chain"])
+def test_certificate_files_that_are_not_regular_files_exit_2(pki, tmp_path, flag):
+    # A named pipe without a writer: opened for reading without O_NONBLOCK, it would
+    # hang start-up for ever.
+    pipe = tmp_path / "pipe.pem"
+    os.mkfifo(pipe)
+    files = {"--cert": str(pki.rsa_leaf), "--key": str(pki.rsa_key),
+             "--chain": str(pki.intermediate)}
+    for special, kind in ((pipe, "a named pipe"), (Path("/dev/null"), "a character device")):
+        files[flag] = str(special)
+        result = run_https(*[item for pair in files.items() for item in pair])
+        assert_refused(result, f"{special} is not a regular file ({kind})")
+
+
+def test_certificate_file_over_1_mib_exits_2_naming_the_limit(pki, tmp_path):
+    large = tmp_path / "large.pem"
+    # A PEM certificate followed by more than 1 MiB: read whole, it would be accepted.
+    large.write_bytes(pki.rsa_leaf.read_bytes() + b"#" * (1024 * 1024))
+    result = run_https("--cert", str(large), "--key", str(pki.rsa_key))
+    assert_refused(result, f"{large} is larger than 1048576 bytes")
+
+
+def _fake_openssl(directory: Path) -> Path:
+    """An `openssl` that writes its PID to directory/openssl.pid, then sleeps 300 s."""
+    sleep = shutil.which("sleep")
+    assert sleep is not None, "the test needs a sleep command"
+    script = directory / "openssl"
+    script.write_text(f"#!/bin/sh\necho $$ > {directory / 'openssl.pid'}\n"
+                      f"exec {sleep} 300\n")
+    script.chmod(0o755)
+    return directory / "openssl.pid"
+
+
+def test_sigterm_while_making_the_certificate_exits_0_at_once(tmp_path):
+    pid_file = _fake_openssl(tmp_path)
+    process = ServerProcess("servers.https_server", "-l", "127.0.0.1", "-p", "0",
+                            env=dict(os.environ, PATH=str(tmp_path)))
+    openssl_pid = None
+    try:
+        deadline = time.monotonic() + 30
+        while openssl_pid is None and time.monotonic() < deadline:
+            text = pid_file.read_text() if pid_file.exists() else ""
+            openssl_pid = int(text) if text.strip() else None
+            time.sleep(0.05)
+        assert openssl_pid is not None, f"openssl was not started:\n{process.stderr}"
+        # Long before the fake openssl ends (300 s) or the server gives up on it (60 s).
+        status = process.stop(signal.SIGTERM, timeout=30)
+        assert status == 0, f"expected exit 0, got {status}:\n{process.stderr}"
+        assert "stopping on SIGTERM during start-up" in process.stderr, process.stderr
+        assert "Traceback" not in process.stderr, process.stderr
+        with pytest.raises(ProcessLookupError):
+            os.kill(openssl_pid, 0)  # the server killed and reaped its openssl
+    finally:
+        if process.process.poll() is None:
+            process.stop(signal.SIGKILL)
+        if openssl_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(openssl_pid, signal.SIGKILL)
 
 
 @pytest.mark.parametrize("args, fragment", [
