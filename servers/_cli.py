@@ -11,7 +11,7 @@ import sys
 import threading
 from typing import Iterator, Optional
 
-from ._http import BackendServer, access_log, host_port
+from ._http import ADDRESS_ACCEPTED, BackendServer, access_log, host_port
 from ._request import Limits
 
 __all__ = [
@@ -95,7 +95,7 @@ def stopped_while_starting(stop: StopRequest) -> int:
 def add_server_arguments(parser: argparse.ArgumentParser, default_port: int) -> None:
     """The options both servers take: address, port, limits, verbosity."""
     parser.add_argument(
-        "-l", "--listen", default="0.0.0.0", metavar="ADDRESS",
+        "-l", "--listen", default="0.0.0.0", type=_address, metavar="ADDRESS",
         help="address to listen on (default 0.0.0.0; '::' for IPv6)",
     )
     parser.add_argument(
@@ -161,6 +161,15 @@ def listening_line(server: BackendServer) -> str:
         f"listening on {host_port(server.listen_address, server.port)} "
         f"(max body {limits.max_body} bytes, idle timeout {limits.idle_timeout:g} s)"
     )
+
+
+def _address(text: str) -> str:
+    # The socket module binds "" to every interface; that must be asked for by name.
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an address: an address is required; {ADDRESS_ACCEPTED}"
+        )
+    return text
 
 
 def _port(text: str) -> int:

@@ -45,6 +45,10 @@ _READ_BUFFER = 64 * 1024
 # destroy the answer before the client reads it; so the server stops writing, then reads
 # and discards for up to this long (Apache's "lingering close").
 _LINGER_SECONDS = 2.0
+# What an empty listen address is refused with (here and in the command line).
+ADDRESS_ACCEPTED = (
+    "give an address: 127.0.0.1 or ::1 for loopback, 0.0.0.0 or :: for every interface"
+)
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun",
            "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
@@ -52,8 +56,10 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun",
 class BackendServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
     """A listening backend; kind is "http" or "https" (then ssl_context is required).
 
-    Binding happens in the constructor (OSError when the address cannot be used), so
-    server_address holds the real port when port 0 was asked for. Serve with
+    address is required: socket's empty address means every interface, which must be
+    asked for as 0.0.0.0 or :: (ValueError for ""). Binding happens in the constructor
+    (OSError when the address cannot be used), so server_address holds the real port
+    when port 0 was asked for. Serve with
     serve_forever() or start(); end with shutdown() and server_close(), or stop().
     """
 
@@ -72,6 +78,8 @@ class BackendServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
     ) -> None:
         if (kind == "https") != (ssl_context is not None):
             raise ValueError(f"kind {kind!r} needs ssl_context only for 'https'")
+        if not address.strip():
+            raise ValueError(f"the listen address {address!r} is empty; {ADDRESS_ACCEPTED}")
         self.kind = kind
         self.limits = limits or Limits()
         self.ssl_context = ssl_context

@@ -718,11 +718,21 @@ def run_http_server(*args: str) -> subprocess.CompletedProcess:
     (["--max-body", "lots"], "'lots' is not a byte count"),
     (["--idle-timeout", "0"], "'0' is not a timeout"),
     (["--idle-timeout", "inf"], "'inf' is not a timeout"),
+    (["-l", ""], "'' is not an address: an address is required"),
+    (["-l", " "], "0.0.0.0 or :: for every interface"),
 ])
 def test_bad_options_exit_2_naming_the_value(args, message):
     result = run_http_server(*args)
     assert result.returncode == 2, f"expected exit status 2, got {result.returncode}"
     assert message in result.stderr, result.stderr
+
+
+def test_make_server_refuses_an_empty_address_instead_of_every_interface():
+    from servers.http_server import make_server
+
+    with pytest.raises(ValueError) as refused:
+        make_server("", 0)
+    assert "'' is empty" in str(refused.value) and "0.0.0.0 or ::" in str(refused.value)
 
 
 def test_address_in_use_exits_2_with_message():
