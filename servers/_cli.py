@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import logging
 import math
+import os
 import signal
 import sys
 import threading
@@ -29,6 +30,10 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 _LIFECYCLE_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+# How often --parent-pid is checked; a stop within a second of the parent ending is
+# soon enough for a sandbox, and the check costs one system call.
+_PARENT_POLL_SECONDS = 1.0
+_MAX_PID = 2**31 - 1  # pid_t is a signed 32-bit integer
 
 
 class StartupInterrupted(Exception):
@@ -36,8 +41,8 @@ class StartupInterrupted(Exception):
 
 
 class StopRequest:
-    """Set by SIGTERM or SIGINT; the main thread waits on it while the server serves.
-    reason says why, for the log ("on SIGTERM").
+    """Set by SIGTERM or SIGINT, or when the --parent-pid process ends; the main thread
+    waits on it while the server serves. reason says why, for the log ("on SIGTERM").
 
     install() comes first in a main(), so a signal during start-up still ends cleanly.
     """
@@ -69,6 +74,25 @@ class StopRequest:
         finally:
             self._starting = False
 
+    def watch_parent(self, pid: Optional[int]) -> None:
+        """Stop when process pid ends: a daemon thread checks every second."""
+        if pid is None:
+            return
+        # Our own parent is watched through getppid(): when it ends the kernel gives us
+        # a new parent, which a reused PID cannot fake. Any other process is watched by
+        # signal 0, which also finds a process that ended but was not yet reaped.
+        is_parent = pid == os.getppid()
+        thread = threading.Thread(target=self._watch, args=(pid, is_parent),
+                                  name=f"parent-{pid}-watch", daemon=True)
+        thread.start()
+
+    def _watch(self, pid: int, is_parent: bool) -> None:
+        while not self.event.wait(_PARENT_POLL_SECONDS):
+            if not _running(pid, is_parent):
+                self.reason = f"because parent process {pid} has ended"
+                self.event.set()
+                return
+
     def _received(self, signum: int, frame) -> None:  # noqa: ANN001
         self.reason = f"on {signal.Signals(signum).name}"
         self.event.set()
@@ -77,8 +101,20 @@ class StopRequest:
             raise StartupInterrupted(self.reason)
 
 
+def _running(pid: int, is_parent: bool) -> bool:
+    if is_parent:
+        return os.getppid() == pid
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's process
+        return True
+    return True
+
+
 def serve_until_stopped(server: BackendServer, stop: StopRequest) -> int:
-    """Serve until a stop signal, then stop the server; exit status 0."""
+    """Serve until a stop signal or the parent's end, then stop the server; exit 0."""
     server.start()
     stop.event.wait()
     _log.info("stopping %s", stop.reason)
@@ -93,7 +129,7 @@ def stopped_while_starting(stop: StopRequest) -> int:
 
 
 def add_server_arguments(parser: argparse.ArgumentParser, default_port: int) -> None:
-    """The options both servers take: address, port, limits, verbosity."""
+    """The options both servers take: address, port, limits, parent, verbosity."""
     parser.add_argument(
         "-l", "--listen", default="0.0.0.0", type=_address, metavar="ADDRESS",
         help="address to listen on (default 0.0.0.0; '::' for IPv6)",
@@ -113,6 +149,11 @@ def add_server_arguments(parser: argparse.ArgumentParser, default_port: int) -> 
     parser.add_argument(
         "--idle-timeout", type=_seconds, default=Limits.idle_timeout, metavar="SECONDS",
         help="close a connection that sends nothing this long (default 30)",
+    )
+    parser.add_argument(
+        "--parent-pid", type=_parent_pid, metavar="PID",
+        help="stop (exit 0) when this process ends, checked every second; for a "
+             "process that starts servers and may be killed before it can stop them",
     )
     parser.add_argument(
         "-v", "--verbose", action="store_true",
@@ -170,6 +211,20 @@ def _address(text: str) -> str:
             f"{text!r} is not an address: an address is required; {ADDRESS_ACCEPTED}"
         )
     return text
+
+
+def _parent_pid(text: str) -> int:
+    # 0 and negative numbers are not processes: os.kill would signal process groups.
+    # Ten digits at most: int() of thousands is refused, and os.kill takes a C int.
+    if not (text.isascii() and text.isdigit() and len(text) <= 10
+            and 0 < int(text) <= _MAX_PID):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a process id; accepted: a whole number from 1 to {_MAX_PID}"
+        )
+    pid = int(text)
+    if not _running(pid, is_parent=False):
+        raise argparse.ArgumentTypeError(f"no process {pid} is running")
+    return pid
 
 
 def _port(text: str) -> int:

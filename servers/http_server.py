@@ -66,6 +66,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     port = chosen_port(parser, args, DEFAULT_PORT)
     stop = StopRequest().install()
+    stop.watch_parent(args.parent_pid)
     configure_logging(args.verbose)
     try:
         with stop.starting():

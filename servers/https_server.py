@@ -383,6 +383,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error("--chain needs --cert and --key")
     port = chosen_port(parser, args, DEFAULT_PORT)
     stop = StopRequest().install()
+    stop.watch_parent(args.parent_pid)
     configure_logging(args.verbose)
     try:
         # Loading runs openssl req or reads files: a signal interrupts it (see starting).

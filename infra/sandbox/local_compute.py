@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import signal
@@ -69,7 +70,9 @@ class LocalCompute(Compute):
     TCP target groups get `servers.http_server`, TLS ones `servers.https_server` with its
     throwaway certificate (the NLB does not validate targets). Each listens on a free port
     and is registered as an `ip` target `host:port`. The processes' output goes to log files
-    in the run's directory. Targets live in the default VPC's subnets, which moto has.
+    in the run's directory. Targets live in the default VPC's subnets, which moto has. Each
+    is started with --parent-pid of this process, so it exits when this process ends, even
+    by SIGKILL.
     """
 
     target_type = "ip"
@@ -113,7 +116,10 @@ class LocalCompute(Compute):
         if module is None:
             raise BackendStartError(f"no local backend for target group protocol {protocol!r}; "
                                     f"accepted: {', '.join(_MODULES)}")
-        argv = [sys.executable, "-m", module, "-l", self.host, "-p", str(port)]
+        # --parent-pid: a sandbox killed with SIGKILL cannot stop its backends, so each
+        # stops itself once this process has ended.
+        argv = [sys.executable, "-m", module, "-l", self.host, "-p", str(port),
+                "--parent-pid", str(os.getpid())]
         log_file = self._log_directory / f"{group_key}-{index}.log"
         with open(log_file, "wb") as output:
             process = subprocess.Popen(

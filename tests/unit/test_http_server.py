@@ -720,6 +720,8 @@ def run_http_server(*args: str) -> subprocess.CompletedProcess:
     (["--idle-timeout", "inf"], "'inf' is not a timeout"),
     (["-l", ""], "'' is not an address: an address is required"),
     (["-l", " "], "0.0.0.0 or :: for every interface"),
+    (["--parent-pid", "0"], "'0' is not a process id"),
+    (["--parent-pid", "x1"], "'x1' is not a process id"),
 ])
 def test_bad_options_exit_2_naming_the_value(args, message):
     result = run_http_server(*args)
