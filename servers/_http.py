@@ -19,7 +19,6 @@ from email.utils import formatdate
 from http import HTTPStatus
 from typing import List, Optional, Set
 
-from ._client_hello import peek_server_name
 from ._page import (
     BULK_CONTENT_TYPE,
     BulkTooLarge,
@@ -33,12 +32,14 @@ from ._page import (
 )
 from ._request import ClientGone, HttpError, Limits, printable, read_body, read_head
 
-__all__ = ["BackendServer", "access_log", "host_port"]
+__all__ = ["BackendServer", "SNI_ATTRIBUTE", "access_log", "host_port"]
 
 _log = logging.getLogger(__name__)
 access_log = logging.getLogger("servers.access")
 
 METHODS = ("GET", "HEAD", "POST")
+# The attribute the SNI callback sets on an SSLSocket (see https_server.record_sni).
+SNI_ATTRIBUTE = "sni_server_name"
 _READ_BUFFER = 64 * 1024
 # After an error answer the client may still be sending (a body over the limit, the rest
 # of a long line). Closing with unread data makes the kernel send a reset, which can
@@ -164,18 +165,16 @@ class _ConnectionHandler(socketserver.BaseRequestHandler):
         sock = self.request
         peer = host_port(*self.client_address[:2])
         self.server.track(sock, True)
-        server_name = None
         try:
             sock.settimeout(self.server.limits.idle_timeout)
             if self.server.ssl_context is not None:
-                server_name = peek_server_name(sock)
                 self.server.track(sock, False)
                 sock = self.server.ssl_context.wrap_socket(
                     sock, server_side=True, do_handshake_on_connect=False
                 )
                 self.server.track(sock, True)
                 sock.do_handshake()
-            self._serve(sock, server_name)
+            self._serve(sock)
         except (OSError, ClientGone) as error:
             # Health checks, the NLB's connectivity test and TLS probes connect and
             # leave, or go quiet: normal traffic for a target, not worth a traceback.
@@ -186,8 +185,8 @@ class _ConnectionHandler(socketserver.BaseRequestHandler):
             if sock is not self.request:
                 sock.close()
 
-    def _serve(self, sock: socket.socket, server_name: Optional[str]) -> None:
-        connection = _describe(self.server, sock, self.client_address, server_name)
+    def _serve(self, sock: socket.socket) -> None:
+        connection = _describe(self.server, sock, self.client_address)
         rfile = sock.makefile("rb", _READ_BUFFER)
         try:
             while self._answer_one(sock, rfile, connection):
@@ -313,17 +312,8 @@ def _linger(sock: socket.socket) -> None:
         return
 
 
-def _describe(
-    server: BackendServer,
-    sock: socket.socket,
-    client_address,  # noqa: ANN001 (socketserver's address tuple)
-    server_name: Optional[str],
-) -> Connection:
-    """The connection as the server sees it, after any TLS handshake.
-
-    server_name is the SNI name peeked from the ClientHello (None: none was sent, or
-    the ClientHello could not be read whole).
-    """
+def _describe(server: BackendServer, sock: socket.socket, client_address) -> Connection:
+    """The connection as the server sees it, after any TLS handshake."""
     local = sock.getsockname()
     tls = None
     if isinstance(sock, ssl.SSLSocket):
@@ -331,7 +321,7 @@ def _describe(
         tls = TlsSession(
             version=sock.version() or "",
             cipher=cipher[0] if cipher else "",
-            server_name=server_name,
+            server_name=getattr(sock, SNI_ATTRIBUTE, None),
             alpn_protocol=sock.selected_alpn_protocol(),
         )
     return Connection(

@@ -56,7 +56,7 @@ from ._cli import (
     serve_until_stopped,
     stopped_while_starting,
 )
-from ._http import BackendServer
+from ._http import SNI_ATTRIBUTE, BackendServer
 from ._request import Limits
 from .keypair import EncryptedKey, KeyPairError, NotPem, check_pair, spki_fingerprint
 
@@ -153,10 +153,10 @@ def make_server(
 ) -> HttpsServer:
     """A bound, not yet serving, HTTPS backend.
 
-    With ssl_context, that context is used as it is (the SNI name is read from each
-    ClientHello, so no callback is added); otherwise tls_context() with the files given,
-    or with a throwaway self-signed certificate when cert_file and key_file are both
-    None. The certificate is loaded before the port is bound. Raises CertificateSetupError or keypair.KeyPairError for
+    With ssl_context, that context is used as it is (an SNI recorder is added to it);
+    otherwise tls_context() with the files given, or with a throwaway self-signed
+    certificate when cert_file and key_file are both None. The certificate is loaded
+    before the port is bound. Raises CertificateSetupError or keypair.KeyPairError for
     certificate problems, OSError when the address cannot be used.
     """
     certificate = None
@@ -168,17 +168,15 @@ def make_server(
             raise ValueError("cert_file and key_file go together: give both or neither")
         else:
             certificate = _load_files(ssl_context, cert_file, key_file, chain_file)
+    else:
+        record_sni(ssl_context)
     return HttpsServer(
         address, port, ssl_context=ssl_context, certificate=certificate, limits=limits
     )
 
 
 def tls_context() -> ssl.SSLContext:
-    """A server context: TLS 1.0 to 1.3, every cipher, ALPN http/1.1.
-
-    It has no sni_callback: CPython's would fail the handshake of a client whose SNI
-    name is not ASCII. The server reads the name from the ClientHello instead.
-    """
+    """A server context: TLS 1.0 to 1.3, every cipher, ALPN http/1.1, SNI recorded."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     with warnings.catch_warnings():
         # Python 3.10+ deprecates TLSVersion.TLSv1; the 2016-08 backend policy uses it.
@@ -191,7 +189,28 @@ def tls_context() -> ssl.SSLContext:
     context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
     # A client offering only h2 gets no ALPN answer rather than a failed handshake.
     context.set_alpn_protocols(list(ALPN_PROTOCOLS))
+    record_sni(context)
     return context
+
+
+def record_sni(context: ssl.SSLContext) -> None:
+    """Make context note each connection's SNI server name on its SSLSocket.
+
+    The name is only visible during the handshake, in the servername callback; an
+    existing callback still runs after the note is taken.
+    """
+    previous = context.sni_callback
+
+    def note(sslsocket, server_name, handshake_context):  # noqa: ANN001, ANN202
+        try:
+            setattr(sslsocket, SNI_ATTRIBUTE, server_name)
+        except AttributeError:  # an SSLObject from wrap_bio takes no attributes
+            pass
+        if previous is not None:
+            return previous(sslsocket, server_name, handshake_context)
+        return None
+
+    context.sni_callback = note
 
 
 def _load_files(
