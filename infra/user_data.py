@@ -61,17 +61,24 @@ def server_sources(directory: Path = SERVERS_DIRECTORY) -> dict[str, bytes]:
 
 @functools.lru_cache(maxsize=64)
 def minify(source: bytes) -> bytes:
-    """SOURCE without comments and function and class docstrings, and with only the first
-    line of its module docstring (the servers use that line as their `--help` description).
+    """SOURCE without comments, function and class docstrings and function annotations, and
+    with only the first line of its module docstring (the servers use that line as their
+    `--help` description).
 
     The code is re-emitted by `ast.unparse`, so the result parses to the same tree but for
-    those docstrings; only line numbers in tracebacks change.
+    those docstrings and annotations; only line numbers in tracebacks change.
     """
     tree = ast.parse(source)
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             if _docstring(node) is not None:
                 node.body = node.body[1:] or [ast.Pass()]
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            # Nothing reads a function's annotations at run time (a dataclass's fields are
+            # class-level annotations, which stay).
+            node.returns = None
+        if isinstance(node, ast.arg):
+            node.annotation = None
     module_doc = _docstring(tree)
     if module_doc is not None:
         module_doc.value = module_doc.value.strip().splitlines()[0]
