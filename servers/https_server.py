@@ -213,6 +213,24 @@ def record_sni(context: ssl.SSLContext) -> None:
     context.sni_callback = note
 
 
+def _quiet_non_ascii_sni() -> None:
+    # CPython's ssl decodes the SNI name before the servername callback runs and fails the
+    # handshake of a name that is not ASCII, reporting the UnicodeDecodeError through
+    # sys.unraisablehook ("Exception ignored ..." and a traceback). The refusal stands
+    # (the client gets an internal_error alert); the traceback becomes one log line.
+    previous = sys.unraisablehook
+
+    def hook(unraisable):  # noqa: ANN001, ANN202
+        if isinstance(unraisable.exc_value, UnicodeError) \
+                and isinstance(unraisable.object, bytes):
+            _log.warning("refused a handshake: its SNI name %r is not ASCII, which Python's "
+                         "ssl cannot take", unraisable.object)
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook
+
+
 def _load_files(
     context: ssl.SSLContext, cert_file: str, key_file: str, chain_file: Optional[str]
 ) -> PresentedCertificate:
@@ -401,6 +419,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.chain is not None and args.cert is None:
         parser.error("--chain needs --cert and --key")
     port = chosen_port(parser, args, DEFAULT_PORT)
+    _quiet_non_ascii_sni()
     stop = StopRequest().install()
     stop.watch_parent(args.parent_pid)
     configure_logging(args.verbose)

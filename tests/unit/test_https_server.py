@@ -619,3 +619,21 @@ def test_make_server_with_callers_context_records_sni(pki):
     document = json.loads(result.stdout)
     assert document["path"] == "/own-context", document
     assert document["tls"]["server_name"] == SERVER_NAME, document["tls"]
+
+
+def test_non_ascii_sni_is_refused_with_one_log_line_and_no_traceback(server):
+    # CPython's ssl cannot take such a name; the handshake fails, the server carries on.
+    context = SSL.Context(SSL.TLS_METHOD)
+    sock = socket.create_connection(("127.0.0.1", server.port), 5)
+    sock.settimeout(None)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 5, 0))
+    connection = SSL.Connection(context, sock)
+    connection.set_connect_state()
+    connection.set_tlsext_host_name("bé.test".encode("latin-1"))
+    with pytest.raises(SSL.Error):
+        connection.do_handshake()
+    connection.close()
+    server.wait_for(r"refused a handshake: its SNI name b'b\\xe9\.test' is not ASCII")
+    assert "Exception ignored" not in server.stderr and "Traceback" not in server.stderr, (
+        server.stderr)
+    assert_serves_tls(server.port)
