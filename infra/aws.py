@@ -13,6 +13,7 @@ import boto3
 import botocore.loaders
 import botocore.session
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 __all__ = [
     "Clients",
@@ -26,6 +27,7 @@ __all__ = [
     "ALLOWED_ACCOUNTS_ENV",
     "allowed_accounts",
     "check_account",
+    "error_code",
 ]
 
 log = logging.getLogger(__name__)
@@ -220,3 +222,8 @@ def check_account(clients: Clients, allowed: Iterable[str]) -> str:
         )
     log.info("account %s is allowed", account)
     return account
+
+
+def error_code(error: ClientError) -> str:
+    """The AWS error code of a ClientError (`NoSuchBucket`, `DependencyViolation`), or ""."""
+    return error.response.get("Error", {}).get("Code", "")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from botocore.exceptions import ClientError
 
-from infra.aws import Clients
+from infra.aws import Clients, error_code
 from infra.reconcile import check_state_account, with_untracked
 from infra.stack import TAG_KEEP
 from infra.state import StateFileError, read_state, run_directory, write_state
@@ -97,10 +97,6 @@ _NOT_FOUND = {
 }
 
 
-def _code(error: ClientError) -> str:
-    return error.response.get("Error", {}).get("Code", "")
-
-
 def _transient_codes(resource_type: str) -> frozenset:
     return _THROTTLING | _TRANSIENT.get(resource_type, frozenset())
 
@@ -142,11 +138,11 @@ class _Teardown:
                 action()
                 return
             except ClientError as error:
-                if _code(error) in _NOT_FOUND:
+                if error_code(error) in _NOT_FOUND:
                     return
-                if _code(error) not in transient or time.monotonic() >= deadline:
+                if error_code(error) not in transient or time.monotonic() >= deadline:
                     raise
-                reason = f"{_code(error)}: {error.response['Error'].get('Message', '')}"
+                reason = f"{error_code(error)}: {error.response['Error'].get('Message', '')}"
             except _Transient as pending:
                 if time.monotonic() >= deadline:
                     raise TimeoutError(f"{what}: {pending} after "
@@ -169,7 +165,7 @@ class _Teardown:
             elbv2.delete_load_balancer(LoadBalancerArn=resource["id"])
             elbv2.describe_load_balancers(LoadBalancerArns=[resource["id"]])
         except ClientError as error:
-            if _code(error) == "LoadBalancerNotFound":
+            if error_code(error) == "LoadBalancerNotFound":
                 return
             raise
         # Deletion is asynchronous on AWS; its network interfaces go only after this.
@@ -251,7 +247,7 @@ class _Teardown:
         try:
             tags = s3.get_bucket_tagging(Bucket=bucket)["TagSet"]
         except ClientError as error:
-            if _code(error) == "NoSuchBucket":
+            if error_code(error) == "NoSuchBucket":
                 return
             tags = []
         tags = [t for t in tags if t["Key"] != TAG_KEEP] + [{"Key": TAG_KEEP, "Value": "true"}]

@@ -39,6 +39,7 @@ from infra.access_logs import (
     object_key,
     window_end,
 )
+from infra.aws import error_code
 from infra.bucket_policy import DELIVERY_PRINCIPAL, allows_delivery
 
 __all__ = ["CONTENT_TYPE", "DELIVERY_ACL", "LogDelivery", "random_part"]
@@ -262,9 +263,9 @@ class LogDelivery:
                 Bucket=bucket, Key=key, Body=body, ContentType=CONTENT_TYPE, ACL=DELIVERY_ACL
             )
         except ClientError as error:
-            if _error_code(error) in _DENIED_CODES:
+            if error_code(error) in _DENIED_CODES:
                 raise _Denied() from error
-            raise _Transient(_error_code(error) or str(error)) from error
+            raise _Transient(error_code(error) or str(error)) from error
         except BotoCoreError as error:
             raise _Transient(str(error)) from error
 
@@ -275,7 +276,7 @@ class LogDelivery:
             return self._s3.get_bucket_policy(Bucket=bucket)["Policy"]
         except ClientError as error:
             # No policy, no bucket, or a policy we may not read: nothing shows a grant.
-            if _error_code(error) in {"NoSuchBucketPolicy", "NoSuchBucket", "AccessDenied"}:
+            if error_code(error) in {"NoSuchBucketPolicy", "NoSuchBucket", "AccessDenied"}:
                 return None
             logger.debug("get_bucket_policy(%s) failed: %s", bucket, error)
             return _UNREADABLE
@@ -315,5 +316,3 @@ def _batch_order(item) -> tuple:
     return (batch.end_time, batch.load_balancer_arn, batch.bucket, batch.prefix)
 
 
-def _error_code(error: ClientError) -> str:
-    return error.response.get("Error", {}).get("Code", "")

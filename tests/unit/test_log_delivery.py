@@ -14,7 +14,7 @@ from infra.access_logs import (
     window_end,
 )
 from infra.sandbox.log_delivery import CONTENT_TYPE, DELIVERY_ACL, LogDelivery, random_part
-from tests.unit.log_delivery_support import (  # noqa: F401  (_moto_s3, s3: fixtures)
+from tests.unit.log_delivery_support import (
     ACCOUNT,
     BUCKET,
     LB_ARN,
@@ -26,9 +26,7 @@ from tests.unit.log_delivery_support import (  # noqa: F401  (_moto_s3, s3: fixt
     client_error,
     entry,
     make_bucket,
-    _moto_s3,
     objects,
-    s3,
 )
 
 pytestmark = pytest.mark.unit

@@ -10,7 +10,7 @@ import pytest
 
 from infra.access_logs import parse_object_key, window_end
 from infra.sandbox.log_delivery import LogDelivery
-from tests.unit.log_delivery_support import (  # noqa: F401  (_moto_s3, s3: fixtures)
+from tests.unit.log_delivery_support import (
     ACCOUNT,
     BUCKET,
     LB_ARN,
@@ -21,9 +21,7 @@ from tests.unit.log_delivery_support import (  # noqa: F401  (_moto_s3, s3: fixt
     FlakyS3,
     entry,
     make_bucket,
-    _moto_s3,
     objects,
-    s3,
 )
 
 pytestmark = pytest.mark.unit

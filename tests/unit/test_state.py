@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.moto import is_mutating
 from infra.network import Ec2Compute
 from infra.provision import build
 from infra.stack import Certificate, Network, Stack

@@ -11,7 +11,7 @@ from OpenSSL import SSL
 from fixtures import tls_probe, tls_scan
 from fixtures.tls_scan import Finding
 from infra import certs, policies
-from tests.unit.tls_server import TlsServer, chain_context, policy_server, server_context
+from tests.unit.tls_server import TlsServer, policy_server, server_context
 
 pytestmark = pytest.mark.unit
 
