@@ -1244,6 +1244,23 @@ def test_deleted_listener_certificate_refuses_only_that_listener(sandbox, api, l
         api.elbv2.delete_listener(ListenerArn=listener)
 
 
+def test_a_tcp_listener_is_named_as_not_served(sandbox, api, caplog):
+    balancer = sandbox.state["load_balancer"]["arn"]
+    forward = {"Type": "forward", "TargetGroupArn": _group(sandbox, "tcp8080")["arn"]}
+    with caplog.at_level(logging.WARNING, logger="infra.sandbox.dataplane"):
+        arn = api.elbv2.create_listener(
+            LoadBalancerArn=balancer, Protocol="TCP", Port=12080, DefaultActions=[forward],
+        )["Listeners"][0]["ListenerArn"]
+        try:
+            _eventually("a warning naming the TCP listener", lambda: any(
+                "(port 12080) is TCP: the sandbox serves TLS listeners only" in r.getMessage()
+                for r in caplog.records))
+        finally:
+            api.elbv2.delete_listener(ListenerArn=arn)
+    assert arn not in sandbox.plane.addresses(), "a TCP listener must not be served"
+    _still_serving(sandbox)
+
+
 def test_nothing_above_made_the_data_plane_log_an_error(errors):
     messages = [f"{r.name}: {r.getMessage()}" for r in errors]
     assert not messages, "error-level records (tracebacks) from the data plane:\n" + "\n".join(
@@ -1268,20 +1285,3 @@ def test_stop_flushes_an_entry_for_every_connection(sandbox, logs):
             tls.close()
         for sock in silent:
             sock.close()
-
-
-def test_a_tcp_listener_is_named_as_not_served(sandbox, api, caplog):
-    balancer = sandbox.state["load_balancer"]["arn"]
-    forward = {"Type": "forward", "TargetGroupArn": _group(sandbox, "tcp8080")["arn"]}
-    with caplog.at_level(logging.WARNING, logger="infra.sandbox.dataplane"):
-        arn = api.elbv2.create_listener(
-            LoadBalancerArn=balancer, Protocol="TCP", Port=12080, DefaultActions=[forward],
-        )["Listeners"][0]["ListenerArn"]
-        try:
-            _eventually("a warning naming the TCP listener", lambda: any(
-                "(port 12080) is TCP: the sandbox serves TLS listeners only" in r.getMessage()
-                for r in caplog.records))
-        finally:
-            api.elbv2.delete_listener(ListenerArn=arn)
-    assert arn not in sandbox.plane.addresses(), "a TCP listener must not be served"
-    _still_serving(sandbox)
