@@ -116,7 +116,11 @@ def _running(pid: int, is_parent: bool) -> bool:
 def serve_until_stopped(server: BackendServer, stop: StopRequest) -> int:
     """Serve until a stop signal or the parent's end, then stop the server; exit 0."""
     server.start()
-    stop.event.wait()
+    # Wake up now and then: a signal the kernel hands to one of the connection threads
+    # runs its Python handler only when the main thread next executes bytecode, which a
+    # wait without a timeout would never do.
+    while not stop.event.wait(0.5):
+        pass
     _log.info("stopping %s", stop.reason)
     server.stop()
     return 0
