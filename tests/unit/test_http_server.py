@@ -777,7 +777,8 @@ def test_signal_stops_server_with_status_0(sig):
     finally:
         idle.close()
     assert status == 0, f"expected 0 on {sig.name}, got {status}:\n{process.stderr}"
-    assert elapsed < 5, f"stopping took {elapsed:.1f} s with a connection open"
+    # Well under the 30 s idle timeout: an open connection is cut, not waited out.
+    assert elapsed < 20, f"stopping took {elapsed:.1f} s with a connection open"
     assert f"stopping on {sig.name}" in process.stderr, process.stderr
     assert "Traceback" not in process.stderr, process.stderr
 
