@@ -5,12 +5,13 @@ Usage, from the repository root:
     .venv/bin/python bench/suite_speed.py [--repeat N] [--suite unit|unit-serial|e2e]
         [-- EXTRA PYTEST ARGS]
 
-Each suite runs in a subprocess exactly as a user would run it: `unit` as `pytest -m unit
--n 4 --dist loadfile` (pytest-xdist, as .ci/test does), `unit-serial` as plain `pytest -m unit`, `e2e` as
-`pytest -m e2e` (it starts and stops its sandbox). They run one after the other, never in
-parallel: they share the machine's two cores with everything else. The table shows each
-run's wall time, the best and the budget (30 s for the unit suite, 60 s for the local e2e
-suite, sandbox start and stop included). Default: `unit` and `e2e`.
+Each suite runs in a subprocess exactly as a user would run it: `unit` as
+`pytest -m unit -n 4 --dist loadfile` (pytest-xdist, as .ci/test does), `unit-serial` as
+plain `pytest -m unit`, `e2e` as `pytest -m e2e` (it starts and stops its sandbox). They
+run one after the other, never in parallel: they share the machine's two cores with
+everything else. The table shows each run's wall time, the best and the budget (30 s for the
+unit suite, 60 s for the local e2e suite, sandbox start and stop included). Default: `unit`
+and `e2e`.
 """
 
 from __future__ import annotations

@@ -219,18 +219,11 @@ def _client(security_level=1, **versions):
 
 
 def _negotiated(server_context, client_context):
-    """(protocol, cipher) a handshake over memory BIOs agrees on; raises its SSLError."""
-    s_in, s_out, c_in, c_out = (ssl.MemoryBIO() for _ in range(4))
-    server = server_context.wrap_bio(s_in, s_out, server_side=True)
-    client = client_context.wrap_bio(c_in, c_out, server_hostname="default.test")
-    for _ in range(6):
-        for side in (client, server):
-            try:
-                side.do_handshake()
-            except ssl.SSLWantReadError:
-                pass
-        s_in.write(c_out.read())
-        c_in.write(s_out.read())
+    """(protocol, cipher) a handshake over memory BIOs agrees on; raises the server's
+    SSLError."""
+    client, error = _memory_handshake(server_context, client_context)
+    if error is not None:
+        raise error
     return client.version(), client.cipher() and client.cipher()[0]
 
 
@@ -330,7 +323,8 @@ def test_alpn_policies_offer_the_nlb_lists():
 
 
 def _memory_handshake(server_context, client_context):
-    """Run a handshake over memory BIOs; returns the server's SSLError, or None."""
+    """A handshake over memory BIOs: the client's SSLObject, and the server's SSLError or
+    None."""
     s_in, s_out, c_in, c_out = (ssl.MemoryBIO() for _ in range(4))
     server = server_context.wrap_bio(s_in, s_out, server_side=True)
     client = client_context.wrap_bio(c_in, c_out, server_hostname="default.test")
@@ -342,10 +336,10 @@ def _memory_handshake(server_context, client_context):
                 pass
             except ssl.SSLError as error:
                 if side is server:
-                    return error
+                    return client, error
         s_in.write(c_out.read())
         c_in.write(s_out.read())
-    return None
+    return client, None
 
 
 def test_alert_number_reads_the_alert_the_client_sent(default, tmp_path):
@@ -355,7 +349,7 @@ def test_alert_number_reads_the_alert_the_client_sent(default, tmp_path):
     other = _served("arn:x", ["other.test"])
     (tmp_path / "ca.pem").write_bytes(other.leaf_pem)
     client.load_verify_locations(tmp_path / "ca.pem")  # not the server's issuer: unknown_ca
-    error = _memory_handshake(tls.contexts["arn:default"], client)
+    _, error = _memory_handshake(tls.contexts["arn:default"], client)
     assert error is not None, "expected the server to see the client's alert"
     assert alert_number(error) == 48, f"expected unknown_ca (48), got {alert_number(error)}"
 

@@ -659,11 +659,9 @@ def test_all_targets_down_resets_the_client_then_recovers(sandbox, api):
     _still_serving(sandbox)
 
 
-class MisbehavingTarget:
-    """A target on 127.0.0.1 that answers `GET /reset` with a partial answer and a TCP RST,
-    and `GET /silent` with nothing at all until the client goes away."""
-
-    PARTIAL = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\npartial"
+class LoopbackTarget:
+    """A target of the tests' own on 127.0.0.1: each accepted connection goes to `_serve` in
+    a thread of its own until `close()`."""
 
     def __init__(self):
         self.server = socket.create_server(("127.0.0.1", 0))
@@ -677,6 +675,19 @@ class MisbehavingTarget:
             except OSError:
                 return
             threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
+
+    def _serve(self, connection):
+        raise NotImplementedError
+
+    def close(self):
+        self.server.close()
+
+
+class MisbehavingTarget(LoopbackTarget):
+    """A target on 127.0.0.1 that answers `GET /reset` with a partial answer and a TCP RST,
+    and `GET /silent` with nothing at all until the client goes away."""
+
+    PARTIAL = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\npartial"
 
     def _serve(self, connection):
         with connection:
@@ -693,9 +704,6 @@ class MisbehavingTarget:
                                       b"\x01\x00\x00\x00\x00\x00\x00\x00")
                 return
             _read_until_closed(connection)
-
-    def close(self):
-        self.server.close()
 
 
 def _add_listener(sandbox, api, port, group_arn, certificate_arn, **extra):
@@ -947,7 +955,7 @@ def test_target_that_never_takes_the_connection_gets_the_client_reset(sandbox, a
     assert entry.sent_bytes == 0 and entry.tls_cipher is not None, entry.format()
 
 
-class HalfCloseTarget:
+class HalfCloseTarget(LoopbackTarget):
     """A target on 127.0.0.1, plaintext or TLS (`context`), whose first line says what to do:
 
     - `answer-at-eof`: read until the data plane finishes sending, then answer "answer to "
@@ -966,17 +974,7 @@ class HalfCloseTarget:
     def __init__(self, context=None):
         self.context = context
         self.results = {mode: queue.Queue() for mode in self.MODES}
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                connection, _ = self.server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
+        super().__init__()
 
     def _serve(self, connection):
         with connection:
@@ -1012,9 +1010,6 @@ class HalfCloseTarget:
             return self.results[mode].get(timeout=timeout)
         except queue.Empty:
             pytest.fail(f"the target recorded no {mode} connection within {timeout} s")
-
-    def close(self):
-        self.server.close()
 
 
 def _add_target_group(api, sandbox, name, protocol, port):

@@ -108,7 +108,8 @@ def test_ci_run_fails_when_a_test_failed_or_none_ran(tmp_path, unit_status, e2e_
         f"unit exit {unit_status}, e2e exit {e2e_status}: expected .ci/run to exit "
         f"{expected}, got {done.returncode}\n{done.stdout}{done.stderr}")
     logged = (tmp_path / "calls.log").read_text().splitlines()
-    assert logged[:calls] == ["pytest -m pytest -m unit -n 4 --dist loadfile", "pytest -m pytest -m e2e"][:calls]
+    expected = ["pytest -m pytest -m unit -n 4 --dist loadfile", "pytest -m pytest -m e2e"]
+    assert logged[:calls] == expected[:calls], logged
     assert len(logged) == calls, logged
     assert not (tmp_path / ".venv" / "stale").exists(), ".ci/run must start from a fresh venv"
     if unit_status == 5 or (unit_status == 0 and e2e_status == 5):
